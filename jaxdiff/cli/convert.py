@@ -1,0 +1,12 @@
+"""`jaxdiff convert`: placeholder until issue 4 lands."""
+
+import argparse
+
+from jaxdiff.cli._pending import pending
+
+
+def add_arguments(parser):
+  parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+
+run = pending("convert-edm", 4)

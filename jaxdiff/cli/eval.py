@@ -1,0 +1,12 @@
+"""`jaxdiff eval`: placeholder until issue 7 lands."""
+
+import argparse
+
+from jaxdiff.cli._pending import pending
+
+
+def add_arguments(parser):
+  parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+
+run = pending("eval", 7)

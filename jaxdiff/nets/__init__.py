@@ -1,0 +1,32 @@
+"""Networks. `build_network` is the only place that maps `config.model` to a network class."""
+
+from __future__ import annotations
+
+import importlib
+
+from jaxdiff.errors import JaxdiffError
+
+# arch name -> "module:function"; each function takes (model_cfg, *, img_resolution, img_channels,
+# label_dim, rngs) and returns an nnx.Module following docs/ARCHITECTURE.md.
+ARCHS = {
+    "unet": "jaxdiff.nets.unet:build",
+    "ddpmpp": "jaxdiff.nets.songunet:build_ddpmpp",
+    "ncsnpp": "jaxdiff.nets.songunet:build_ncsnpp",
+    "adm": "jaxdiff.nets.dhariwal:build_adm",
+    "multistage": "jaxdiff.nets.multistage:build_multistage",
+}
+
+
+def build_network(model_cfg, *, img_resolution: int, img_channels: int, label_dim: int, rngs):
+  arch = model_cfg.arch
+  if arch not in ARCHS:
+    raise JaxdiffError(f"unknown model.arch {arch!r}; choose one of {', '.join(sorted(ARCHS))}")
+  module_name, fn_name = ARCHS[arch].split(":")
+  try:
+    module = importlib.import_module(module_name)
+  except ModuleNotFoundError as e:
+    if e.name == module_name:
+      raise JaxdiffError(f"model.arch {arch!r} is not available yet in this version") from None
+    raise
+  return getattr(module, fn_name)(model_cfg, img_resolution=img_resolution,
+                                  img_channels=img_channels, label_dim=label_dim, rngs=rngs)
