@@ -1,0 +1,67 @@
+"""Reference statistics files: an `.npz` with `mu` [D] and `sigma` [D, D] (as the FID reference writes
+them), optionally `features` [N, D] so that KID and precision/recall can use the same file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from jaxdiff.errors import JaxdiffError
+
+
+def atomic_savez(path: str, **arrays) -> None:
+  """np.savez to a temporary file in the target folder, then rename: readers never see half a file."""
+  path = os.fspath(path)
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **arrays)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def save_stats(path: str, mu, sigma, features=None) -> None:
+  mu = np.asarray(mu, np.float64)
+  sigma = np.asarray(sigma, np.float64)
+  if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+    raise ValueError(f"mu must be [D] and sigma [D, D], got {mu.shape} and {sigma.shape}")
+  arrays = {"mu": mu, "sigma": sigma}
+  if features is not None:
+    arrays["features"] = np.asarray(features, np.float32)
+  atomic_savez(path, **arrays)
+
+
+def load_stats(path: str) -> dict:
+  """{'mu', 'sigma'} (float64) and 'features' when the file has them."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise JaxdiffError(f"reference statistics file {path!r} not found: pass an existing .npz "
+                       "with 'mu' and 'sigma' (write one with `jaxdiff eval --samples REAL.npz "
+                       "--metric fid --save-ref STATS.npz`)")
+  try:
+    with np.load(path) as z:
+      data = {k: z[k] for k in z.files}
+  except Exception as e:  # not a zip / corrupt
+    raise JaxdiffError(f"cannot read reference statistics {path!r} as .npz ({e})") from e
+  missing = [k for k in ("mu", "sigma") if k not in data]
+  if missing:
+    raise JaxdiffError(f"reference statistics {path!r} lack key(s) {missing} (has {sorted(data)}): "
+                       "the file must hold 'mu' [D] and 'sigma' [D, D]")
+  mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+  if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+    raise JaxdiffError(f"reference statistics {path!r} have mu {mu.shape} and sigma {sigma.shape}; "
+                       "expected [D] and [D, D]")
+  out = {"mu": mu, "sigma": sigma}
+  if "features" in data:
+    out["features"] = data["features"]
+  return out
