@@ -1,0 +1,320 @@
+"""Samplers over a σ grid, each one compiled loop (EDM, Karras et al. 2022, and fast ODE solvers).
+
+`sample(denoise, latents, solver=...)` with `denoise(x, sigma[B]) -> D(x; σ)`:
+
+- "euler", "heun": EDM Algorithm 2 (stochastic with S_churn > 0), generalised to the reference's
+  ablation sampler: `discretization` edm / vp / ve / iddpm, `schedule` linear / vp / ve,
+  `scaling` none / vp, and Heun's `alpha`, so every row of the EDM sampler ablation is a configuration.
+- "dpmpp_2m": DPM-Solver++(2M) (Lu et al. 2022) in EDM's σ parameterisation (data prediction,
+  λ = −ln σ, second order from the previous step's D; first order on the first and last step).
+- "ipndm": improved PNDM (Zhang & Chen 2023): Adams–Bashforth on dx/dσ = (x − D)/σ with orders 1..4
+  warm-started from the previous d's.
+- "euler_ancestral": Euler to σ_down plus fresh noise σ_up (η = 1 by default).
+
+The grid and every per-step coefficient are computed on the host in float64 from Python numbers
+before tracing, so they are compile-time constants: the caller jits a function of (latents, key,
+params) and a new seed / new labels never recompile. Noise is drawn per sample from that sample's
+own key (`key` is one key, split over the batch, or a batch of keys [B]) folded with the step index,
+so with per-sample keys a sample does not depend on which batch it was drawn in.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdiff import schedules
+from jaxdiff.errors import JaxdiffError
+
+SOLVERS = ("euler", "heun", "euler_ancestral", "dpmpp_2m", "ipndm")
+_ABLATION_SOLVERS = ("euler", "heun")
+
+
+# ---------------------------------------------------------------- validation (before any tracing)
+def _check_solver(solver):
+  if solver not in SOLVERS:
+    raise JaxdiffError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+
+
+def _check_steps(num_steps):
+  if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+    raise JaxdiffError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+
+
+def _number(name, value):
+  if isinstance(value, jax.core.Tracer) or not isinstance(value, (int, float, np.number)) \
+      or isinstance(value, bool):
+    raise JaxdiffError(f"{name} must be a Python number (a static value), got {type(value).__name__}")
+  return float(value)
+
+
+def _check_range(sigma_min, sigma_max):
+  sigma_min, sigma_max = _number("sigma_min", sigma_min), _number("sigma_max", sigma_max)
+  if not (0 < sigma_min < sigma_max < math.inf):
+    raise JaxdiffError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, "
+                       f"sigma_max={sigma_max}; pass a valid noise range")
+  return sigma_min, sigma_max
+
+
+def nfe(solver: str, num_steps: int) -> int:
+  """Network evaluations of one run: 2N − 1 for Heun (no correction at σ = 0), N otherwise."""
+  _check_solver(solver)
+  _check_steps(num_steps)
+  return 2 * num_steps - 1 if solver == "heun" else num_steps
+
+
+def karras_sigmas(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
+                  rho: float = 7.0, dtype=jnp.float32):
+  """EDM's grid σ_i = (σ_max^{1/ρ} + i/(N−1)(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ, i < N, then σ_N = 0.
+
+  Returns num_steps + 1 decreasing noise levels (computed in float64, returned as `dtype`).
+  """
+  _check_steps(num_steps)
+  sigma_min, sigma_max = _check_range(sigma_min, sigma_max)
+  grid = schedules.sigma_steps("edm", int(num_steps), sigma_min, sigma_max, _number("rho", rho))
+  return jnp.asarray(np.append(grid, 0.0), dtype)
+
+
+# ---------------------------------------------------------------- keys and noise
+def sample_keys(key, batch: int):
+  """Per-sample keys [B] from one key (split over the batch) or from a batch of keys (kept)."""
+  key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+  typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+  single_ndim = 0 if typed else 1
+  if key.ndim == single_ndim:
+    return jax.random.split(key, batch)
+  if key.ndim == single_ndim + 1 and key.shape[0] == batch:
+    return key
+  raise JaxdiffError(f"key must be one PRNG key or a batch of {batch} keys, got shape {key.shape}")
+
+
+def sample_latents(keys, shape, dtype=jnp.float32):
+  """Latents N(0, I) of shape [B, *shape], sample b drawn from keys[b] alone (batch-independent)."""
+  return jax.vmap(lambda k: jax.random.normal(k, tuple(shape), dtype))(keys)
+
+
+def _step_noise(keys, i, shape, dtype):
+  return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i), shape, dtype))(keys)
+
+
+# ---------------------------------------------------------------- host-side plan
+class _Grid(NamedTuple):
+  t_steps: np.ndarray  # [N + 1], t_N = 0 (t = σ for the linear schedule)
+  sched: schedules.TimeSchedule
+  scal: schedules.Scaling
+
+
+def _host_round(round_sigma, sigma):
+  if round_sigma is None:
+    return sigma
+  with jax.ensure_compile_time_eval():
+    return np.asarray(round_sigma(sigma), np.float64)
+
+
+def _make_grid(num_steps, sigma_min, sigma_max, rho, discretization, schedule, scaling, epsilon_s,
+               C_1, C_2, M, round_sigma):
+  if discretization not in schedules.DISCRETIZATIONS:
+    raise JaxdiffError(f"unknown discretization {discretization!r}; choose one of "
+                       f"{', '.join(schedules.DISCRETIZATIONS)}")
+  default_min, default_max = schedules.default_sigma_range(discretization, epsilon_s)
+  sigma_min = default_min if sigma_min is None else sigma_min
+  sigma_max = default_max if sigma_max is None else sigma_max
+  sigma_min, sigma_max = _check_range(sigma_min, sigma_max)
+  sched = schedules.make_schedule(schedule, sigma_min, sigma_max, epsilon_s)
+  scal = schedules.make_scaling(scaling)
+  sig = schedules.sigma_steps(discretization, int(num_steps), sigma_min, sigma_max,
+                              _number("rho", rho), epsilon_s, C_1, C_2, M)
+  t = sched.sigma_inv(_host_round(round_sigma, sig))
+  return _Grid(np.append(t, 0.0), sched, scal)
+
+
+def _const(a, dtype):
+  return jnp.asarray(np.asarray(a, np.float64), dtype)
+
+
+# ---------------------------------------------------------------- the samplers
+def sample(denoise: Callable, latents, solver: str = "heun", num_steps: int = 18,
+           sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0,
+           s_churn: float = 0.0, s_min: float = 0.0, s_max: float = float("inf"),
+           s_noise: float = 1.0, key=None, *, discretization: str = "edm",
+           schedule: str = "linear", scaling: str = "none", alpha: float = 1.0,
+           epsilon_s: float = 1e-3, C_1: float = 0.001, C_2: float = 0.008, M: int = 1000,
+           round_sigma: Callable | None = None, eta: float = 1.0):
+  """Runs `solver` from latents·σ_0 (·s(t_0)) down to σ = 0; returns x_0 in the latents' dtype.
+
+  denoise(x [B, ...], sigma [B]) -> D(x; σ). sigma_min / sigma_max default to the
+  discretization's reference range (0.002 / 80 for edm). `round_sigma` (e.g. a preconditioning's)
+  rounds the grid to noise levels the network supports. All options must be Python values.
+  """
+  _check_solver(solver)
+  _check_steps(num_steps)
+  s_churn, s_min, s_max, s_noise = (_number(n, v) for n, v in (
+      ("s_churn", s_churn), ("s_min", s_min), ("s_max", s_max), ("s_noise", s_noise)))
+  alpha, eta = _number("alpha", alpha), _number("eta", eta)
+  if not 0 < alpha <= 1:
+    raise JaxdiffError(f"alpha must be in (0, 1], got {alpha}")
+  if s_churn < 0:
+    raise JaxdiffError(f"s_churn must be >= 0, got {s_churn}")
+  if solver not in _ABLATION_SOLVERS:
+    if (schedule, scaling, alpha) != ("linear", "none", 1.0):
+      raise JaxdiffError(f"solver {solver!r} runs on the σ grid only; schedule/scaling/alpha "
+                         "options need solver 'euler' or 'heun'")
+    if s_churn > 0:
+      raise JaxdiffError(f"S_churn applies to 'euler'/'heun' only, not {solver!r}; set s_churn=0")
+  grid = _make_grid(num_steps, sigma_min, sigma_max, rho, discretization, schedule, scaling,
+                    epsilon_s, C_1, C_2, M, round_sigma)
+  latents = jnp.asarray(latents)
+  if not jnp.issubdtype(latents.dtype, jnp.floating):
+    latents = latents.astype(jnp.float32)
+  if solver in _ABLATION_SOLVERS:
+    return _edm_sampler(denoise, latents, grid, solver == "heun", alpha, int(num_steps),
+                        s_churn, s_min, s_max, s_noise, key, round_sigma)
+  sig = grid.t_steps  # linear schedule: t = σ
+  fn = {"euler_ancestral": _euler_ancestral, "dpmpp_2m": _dpmpp_2m, "ipndm": _ipndm}[solver]
+  if solver == "euler_ancestral":
+    return fn(denoise, latents, sig, s_noise, eta, key)
+  return fn(denoise, latents, sig)
+
+
+def _denoiser(denoise, x_ref):
+  batch, dtype = x_ref.shape[0], x_ref.dtype
+
+  def den(x, sigma):
+    return jnp.asarray(denoise(x, jnp.full((batch,), sigma, dtype)), dtype)
+  return den
+
+
+def _edm_sampler(denoise, latents, grid, heun, alpha, N, s_churn, s_min, s_max, s_noise, key,
+                 round_sigma):
+  """EDM Algorithm 2 in the reference ablation sampler's general form (σ(t), s(t)).
+
+  dx/dt = (σ'/σ + s'/s)·x − σ'·s/σ·D(x/s; σ). Churn raises t_i to t̂_i; Euler to t_{i+1}, then
+  (Heun) a second evaluation at t̂_i + α·h, except on the last step (σ_N = 0).
+  """
+  dtype = latents.dtype
+  sched, scal = grid.sched, grid.scal
+  t_cur, t_next = grid.t_steps[:-1], grid.t_steps[1:]
+  sig_cur = sched.sigma(t_cur)
+  gamma = np.where((s_min <= sig_cur) & (sig_cur <= s_max),
+                   min(s_churn / N, math.sqrt(2) - 1), 0.0)
+  t_hat = sched.sigma_inv(_host_round(round_sigma, sig_cur * (1 + gamma)))
+  sig_hat, s_hat = sched.sigma(t_hat), scal.s(t_hat, sched)
+  x_scale = s_hat / scal.s(t_cur, sched)
+  noise_scale = np.sqrt(np.clip(sig_hat**2 - sig_cur**2, 0, None)) * s_hat * s_noise
+  stochastic = bool(np.any(noise_scale > 0))
+  h = t_next - t_hat
+
+  def d_coef(t):  # d = A·x − B·D
+    sig, sd, s, sdv = sched.sigma(t), sched.sigma_deriv(t), scal.s(t, sched), scal.s_deriv(t, sched)
+    return sd / sig + sdv / s, sd * s / sig, 1 / s, sig
+
+  A1, B1, in1, sg1 = (_const(a, dtype) for a in d_coef(t_hat))
+  # Second-order point t' = t̂ + α·h; the last step never uses it (t' may be 0 there).
+  t_p = np.where(np.arange(N) < N - 1, t_hat + alpha * h, t_hat)
+  A2, B2, in2, sg2 = (_const(a, dtype) for a in d_coef(t_p))
+  x_scale_c, noise_c, h_c = _const(x_scale, dtype), _const(noise_scale, dtype), _const(h, dtype)
+  keys = None
+  if stochastic:
+    if key is None:
+      raise JaxdiffError("stochastic sampling (s_churn > 0) needs key=; pass a PRNG key")
+    keys = sample_keys(key, latents.shape[0])
+  den = _denoiser(denoise, latents)
+  w2 = 1 / (2 * alpha)
+
+  def step(i, x, second_order):
+    x_hat = x_scale_c[i] * x
+    if stochastic:
+      x_hat = x_hat + noise_c[i] * _step_noise(keys, i, x.shape[1:], dtype)
+    d = A1[i] * x_hat - B1[i] * den(x_hat * in1[i], sg1[i])
+    if not second_order:
+      return x_hat + h_c[i] * d
+    x_p = x_hat + alpha * h_c[i] * d
+    d_p = A2[i] * x_p - B2[i] * den(x_p * in2[i], sg2[i])
+    return x_hat + h_c[i] * ((1 - w2) * d + w2 * d_p)
+
+  t0 = grid.t_steps[:1]
+  x = latents * _const(sched.sigma(t0) * scal.s(t0, sched), dtype)[0]
+  x = jax.lax.fori_loop(0, N - 1, lambda i, x: step(i, x, heun), x)
+  return step(N - 1, x, False)
+
+
+def _euler_ancestral(denoise, latents, sig, s_noise, eta, key):
+  """x ← x + (σ_down − σ_i)·(x − D)/σ_i + σ_up·ε, σ_up = min(σ_{i+1}, η√(σ_{i+1}²(σ_i²−σ_{i+1}²)/σ_i²))."""
+  dtype = latents.dtype
+  s_i, s_n = sig[:-1], sig[1:]
+  s_up = np.minimum(s_n, eta * np.sqrt(s_n**2 * (s_i**2 - s_n**2) / s_i**2))
+  s_down = np.sqrt(s_n**2 - s_up**2)
+  a = s_down / s_i
+  a_c, b_c, c_c, sg = (_const(v, dtype) for v in (a, 1 - a, s_up * s_noise, s_i))
+  stochastic = bool(np.any(s_up > 0))
+  keys = None
+  if stochastic:
+    if key is None:
+      raise JaxdiffError("solver 'euler_ancestral' draws noise and needs key=; pass a PRNG key")
+    keys = sample_keys(key, latents.shape[0])
+  den = _denoiser(denoise, latents)
+
+  def body(i, x):
+    x_new = a_c[i] * x + b_c[i] * den(x, sg[i])
+    if stochastic:
+      x_new = x_new + c_c[i] * _step_noise(keys, i, x.shape[1:], dtype)
+    return x_new
+
+  return jax.lax.fori_loop(0, len(s_i), body, latents * sg[0])
+
+
+def _dpmpp_2m(denoise, latents, sig):
+  """DPM-Solver++(2M): x_{i+1} = (σ_{i+1}/σ_i)·x − expm1(−h_i)·D̃_i, λ = −ln σ, h_i = λ_{i+1} − λ_i,
+  D̃_i = (1 + 1/(2r))·D_i − 1/(2r)·D_{i−1}, r = h_{i−1}/h_i; first order (D̃ = D) on the first
+  step and on the last (σ_N = 0, where the update is x = D)."""
+  dtype = latents.dtype
+  N = len(sig) - 1
+  s_i, s_n = sig[:-1], sig[1:]
+  a = s_n / s_i
+  b = 1 - a  # = −expm1(−h)
+  c = np.zeros(N)
+  lam = -np.log(sig[:-1])
+  for i in range(1, N - 1):  # second-order steps
+    h, h_last = lam[i + 1] - lam[i], lam[i] - lam[i - 1]
+    r = h_last / h
+    c[i] = -b[i] / (2 * r)
+    b[i] = b[i] * (1 + 1 / (2 * r))
+  a_c, b_c, c_c, sg = (_const(v, dtype) for v in (a, b, c, s_i))
+  den = _denoiser(denoise, latents)
+
+  def body(i, carry):
+    x, D_prev = carry
+    D = den(x, sg[i])
+    return a_c[i] * x + b_c[i] * D + c_c[i] * D_prev, D
+
+  x0 = latents * sg[0]
+  x, _ = jax.lax.fori_loop(0, N, body, (x0, jnp.zeros_like(x0)))
+  return x
+
+
+# Adams–Bashforth weights for d_i, d_{i−1}, d_{i−2}, d_{i−3}, by order.
+_AB = {1: (1.0, 0, 0, 0), 2: (1.5, -0.5, 0, 0), 3: (23 / 12, -16 / 12, 5 / 12, 0),
+       4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
+
+
+def _ipndm(denoise, latents, sig, max_order: int = 4):
+  """iPNDM: x_{i+1} = x_i + (σ_{i+1} − σ_i)·Σ_k w_k d_{i−k}, d = (x − D)/σ, order min(i+1, 4)."""
+  dtype = latents.dtype
+  N = len(sig) - 1
+  w = np.array([_AB[min(i + 1, max_order)] for i in range(N)])  # [N, 4]
+  w_c, h_c, sg = _const(w, dtype), _const(sig[1:] - sig[:-1], dtype), _const(sig[:-1], dtype)
+  den = _denoiser(denoise, latents)
+
+  def body(i, carry):
+    x, d1, d2, d3 = carry
+    d = (x - den(x, sg[i])) / sg[i]
+    x = x + h_c[i] * (w_c[i, 0] * d + w_c[i, 1] * d1 + w_c[i, 2] * d2 + w_c[i, 3] * d3)
+    return x, d, d1, d2
+
+  x0 = latents * sg[0]
+  z = jnp.zeros_like(x0)
+  return jax.lax.fori_loop(0, N, body, (x0, z, z, z))[0]

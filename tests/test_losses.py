@@ -1,0 +1,80 @@
+"""Training losses: σ distributions, weights, and the per-example loss vs NumPy."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdiff import losses as L
+from jaxdiff.errors import JaxdiffError
+
+
+def expected_weight(name, s):
+  if name == "edm":
+    return (s**2 + 0.25) / (s * 0.5) ** 2
+  return 1 / s**2
+
+
+@pytest.mark.parametrize("name", ["edm", "vp", "ve"])
+def test_denoising_loss_matches_numpy(name):
+  loss = L.make_loss(name)
+  rng = np.random.default_rng(0)
+  y = rng.uniform(-1, 1, size=(6, 4, 4, 3)).astype(np.float32)
+  Wm = rng.normal(size=(3, 3)).astype(np.float32)
+  seen = {}
+
+  def denoise_fn(x, sigma, class_labels=None):
+    seen.update(x=np.asarray(x, np.float64), sigma=np.asarray(sigma, np.float64), labels=class_labels)
+    return jnp.tanh(x) @ Wm / (1 + sigma[:, None, None, None])
+
+  labels = jnp.ones((6, 10))
+  out = L.denoising_loss(loss, denoise_fn, jax.random.key(1), y, class_labels=labels)
+  chex.assert_shape(out, (6,))
+  chex.assert_type(out, jnp.float32)
+  assert seen["labels"] is labels
+  x, s = seen["x"], seen["sigma"]
+  D = np.tanh(x) @ Wm / (1 + s[:, None, None, None])
+  want = expected_weight(name, s) * np.mean((D - y) ** 2, axis=(1, 2, 3))
+  np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5)
+  # The noise added is n ~ N(0, σ²): standardised residuals are N(0, 1) (48 values per example).
+  z = (x - y) / s[:, None, None, None]
+  assert abs(z.mean()) < 0.2 and abs(z.std() - 1) < 0.15
+
+
+def test_given_sigma_is_used():
+  out = L.denoising_loss(L.EDMLoss(), lambda x, s: x * 0, jax.random.key(0), jnp.ones((3, 2)),
+                         sigma=jnp.array([0.1, 1.0, 10.0]))
+  s = np.array([0.1, 1.0, 10.0])
+  np.testing.assert_allclose(np.asarray(out), (s**2 + 0.25) / (0.5 * s) ** 2, rtol=1e-6)
+
+
+def test_sigma_distributions():
+  key = jax.random.key(0)
+  n = 200_000
+  s = np.asarray(L.EDMLoss().sample_sigma(key, (n,)), np.float64)
+  assert abs(np.log(s).mean() + 1.2) < 0.02 and abs(np.log(s).std() - 1.2) < 0.02
+  s = np.asarray(L.VELoss().sample_sigma(key, (n,)), np.float64)
+  u = (np.log(s) - np.log(0.02)) / (np.log(100) - np.log(0.02))
+  assert u.min() >= 0 and u.max() <= 1 + 1e-6 and abs(u.mean() - 0.5) < 0.01 and abs(u.var() - 1 / 12) < 0.003
+  s = np.asarray(L.VPLoss().sample_sigma(key, (n,)), np.float64)
+  # Invert σ(t) = √(exp(½β_d t² + β_min t) − 1) with the quadratic formula: t must be U(1e-5, 1).
+  c = np.log1p(s**2)
+  t = (-0.1 + np.sqrt(0.01 + 2 * 19.9 * c)) / 19.9
+  assert t.min() > 1e-5 * 0.99 and t.max() < 1 + 1e-5 and abs(t.mean() - 0.5) < 0.01
+
+
+@pytest.mark.parametrize("name", ["edm", "vp", "ve"])
+def test_weights(name):
+  s = np.array([0.002, 0.5, 80.0])
+  w = L.make_loss(name).weight(jnp.asarray(s))
+  chex.assert_type(w, jnp.float32)
+  np.testing.assert_allclose(np.asarray(w), expected_weight(name, s), rtol=1e-6)
+
+
+def test_make_loss_errors():
+  with pytest.raises(JaxdiffError, match="unknown loss"):
+    L.make_loss("iddpm")
+  with pytest.raises(JaxdiffError, match="no option"):
+    L.make_loss("edm", p_mean=0.0)
+  hash(L.make_loss("vp"))

@@ -1,0 +1,138 @@
+"""Samplers vs independent NumPy float64 implementations driven by an exact mixture denoiser."""
+
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gmm_reference as R
+from jaxdiff import exact, sampling
+from jaxdiff.errors import JaxdiffError
+from jaxdiff.precond import IDDPMPrecond
+
+W = np.array([0.3, 0.5, 0.2])
+MU = np.array([[-1.0, 0.5], [1.0, 1.0], [0.0, -1.2]])
+_A = np.random.default_rng(0).normal(size=(3, 2, 2)) * 0.3
+COVS = _A @ _A.transpose(0, 2, 1) + 0.01 * np.eye(2)
+GMM = exact.GaussianMixture.create(W, MU, COVS)
+LAT = np.random.default_rng(1).normal(size=(8, 2))
+
+
+def D_np(x, sigma):
+  return R.gmm_denoise(W, MU, COVS, x, sigma)
+
+
+def rel(a, b):
+  return np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b)
+
+
+# ---------------------------------------------------------------- grid
+def test_karras_sigmas_formula():
+  s = sampling.karras_sigmas(18, 0.002, 80.0, 7.0)
+  chex.assert_shape(s, (19,))
+  chex.assert_type(s, jnp.float32)
+  i = np.arange(18)
+  want = (80 ** (1 / 7) + i / 17 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
+  np.testing.assert_allclose(np.asarray(s[:-1]), want, rtol=1e-6)
+  assert float(s[-1]) == 0.0 and float(s[0]) == pytest.approx(80.0) and float(s[17]) == pytest.approx(0.002)
+  assert np.all(np.diff(np.asarray(s)) < 0)
+  np.testing.assert_array_equal(np.asarray(sampling.karras_sigmas(1)), np.float32([80.0, 0.0]))
+
+
+# ---------------------------------------------------------------- Algorithm 2 vs NumPy float64
+@pytest.mark.parametrize("solver", ["heun", "euler"])
+@pytest.mark.parametrize("N", [18, 5])
+def test_edm_deterministic_matches_numpy(solver, N):
+  x = jax.jit(lambda l: sampling.sample(GMM.denoise, l, solver=solver, num_steps=N))(
+      jnp.asarray(LAT, jnp.float32))
+  chex.assert_shape(x, LAT.shape)
+  chex.assert_type(x, jnp.float32)
+  want = R.algorithm2(D_np, LAT, N, heun=solver == "heun")
+  assert rel(x, want) < 1e-5
+  np.testing.assert_allclose(np.asarray(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_edm_stochastic_matches_numpy_with_the_same_noise():
+  N, churn, smin, smax, snoise = 10, 30.0, 0.05, 20.0, 1.007
+  keys = jax.random.split(jax.random.key(3), LAT.shape[0])
+  x = sampling.sample(GMM.denoise, jnp.asarray(LAT, jnp.float32), "heun", N, s_churn=churn,
+                      s_min=smin, s_max=smax, s_noise=snoise, key=keys)
+  # The documented noise convention: step i of sample b uses normal(fold_in(keys[b], i)).
+  noise = [np.stack([np.asarray(jax.random.normal(jax.random.fold_in(k, i), (2,))) for k in keys])
+           for i in range(N)]
+  want = R.algorithm2(D_np, LAT, N, S_churn=churn, S_min=smin, S_max=smax, S_noise=snoise,
+                      noise=noise)
+  assert rel(x, want) < 1e-5
+  deterministic = R.algorithm2(D_np, LAT, N)
+  assert rel(deterministic, want) > 1e-3  # the churn really changed the result
+
+
+def test_heun_float64_agreement_in_x64_mode():
+  """With jax_enable_x64 the same code agrees with NumPy float64 to ~1e-12 (own process)."""
+  code = textwrap.dedent("""
+    import jax; jax.config.update("jax_enable_x64", True)
+    import sys; sys.path.insert(0, "tests")
+    import numpy as np, jax.numpy as jnp
+    import gmm_reference as R
+    from jaxdiff import exact, sampling
+    from test_sampling import W, MU, COVS, LAT, D_np
+    g = exact.GaussianMixture.create(W, MU, COVS, dtype=jnp.float64)
+    x = sampling.sample(g.denoise, jnp.asarray(LAT, jnp.float64), "heun", 18)
+    assert x.dtype == jnp.float64, x.dtype
+    want = R.algorithm2(D_np, LAT, 18)
+    print(np.linalg.norm(np.asarray(x) - want) / np.linalg.norm(want))
+  """)
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       cwd=str(pathlib.Path(__file__).parent.parent))
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert float(out.stdout.strip().splitlines()[-1]) < 1e-11
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize("kw,match", [
+    (dict(solver="rk4"), "unknown solver"),
+    (dict(num_steps=0), "num_steps"),
+    (dict(num_steps=2.5), "num_steps"),
+    (dict(sigma_min=80.0, sigma_max=80.0), "sigma_min < sigma_max"),
+    (dict(sigma_min=1.0, sigma_max=0.5), "sigma_min < sigma_max"),
+    (dict(discretization="cosine"), "discretization"),
+    (dict(solver="dpmpp_2m", s_churn=10.0), "S_churn"),
+    (dict(solver="heun", s_churn=10.0), "needs key"),
+])
+def test_bad_input_raises_before_compiling(kw, match):
+  calls = []
+
+  def den(x, s):
+    calls.append(1)
+    return x
+
+  with pytest.raises(JaxdiffError, match=match):
+    sampling.sample(den, jnp.zeros((2, 2)), **kw)
+  assert not calls  # nothing was traced
+
+
+def test_nfe():
+  assert sampling.nfe("heun", 18) == 35
+  assert sampling.nfe("euler", 18) == 18
+  assert sampling.nfe("dpmpp_2m", 10) == 10
+  with pytest.raises(JaxdiffError):
+    sampling.nfe("nope", 3)
+
+
+@pytest.mark.parametrize("solver", sampling.SOLVERS)
+def test_nfe_counts_denoiser_calls(solver):
+  count = []
+
+  def den(x, s):
+    jax.debug.callback(lambda: count.append(1))
+    return GMM.denoise(x, s)
+
+  key = jax.random.key(0) if solver == "euler_ancestral" else None
+  jax.block_until_ready(sampling.sample(den, jnp.asarray(LAT[:2], jnp.float32), solver, 7, key=key))
+  assert len(count) == sampling.nfe(solver, 7)
