@@ -1,0 +1,324 @@
+"""Building blocks of the reference EDM networks (SongUNet, DhariwalUNet), in NHWC.
+
+Each layer reproduces the behaviour of the layer of the same name in NVlabs/edm
+`training/networks.py`, so that weights imported from it (see jaxdiff/convert/edm.py) give the same
+outputs. Parameter names follow the reference's state-dict names (`weight`, `bias`) so that the
+conversion is a renaming plus a layout change: convolution weights are HWIO here (OIHW there) and
+linear weights are [in, out] here ([out, in] there).
+
+Only `nnx.Param` variables are held. Constants of the reference that are buffers there
+(resampling filters, Fourier frequencies) are static attributes (tuples) here.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+# ----------------------------------------------------------------------------------------------
+# Initialisation: the reference's four schemes, scaled by init_weight / init_bias.
+
+def weight_init(key, shape, mode: str, fan_in: int, fan_out: int) -> jax.Array:
+  """A float32 array of `shape` drawn like the reference's `weight_init`."""
+  if mode == "xavier_uniform":
+    return np.sqrt(6 / (fan_in + fan_out)) * jax.random.uniform(key, shape, jnp.float32, -1, 1)
+  if mode == "xavier_normal":
+    return np.sqrt(2 / (fan_in + fan_out)) * jax.random.normal(key, shape, jnp.float32)
+  if mode == "kaiming_uniform":
+    return np.sqrt(3 / fan_in) * jax.random.uniform(key, shape, jnp.float32, -1, 1)
+  if mode == "kaiming_normal":
+    return np.sqrt(1 / fan_in) * jax.random.normal(key, shape, jnp.float32)
+  raise ValueError(f"invalid init mode {mode!r}")
+
+
+def _scaled_init(rngs, shape, mode, fan_in, fan_out, scale) -> jax.Array:
+  if scale == 0:  # zero init: no random draw needed
+    return jnp.zeros(shape, jnp.float32)
+  return weight_init(rngs.params(), shape, mode, fan_in, fan_out) * scale
+
+
+# ----------------------------------------------------------------------------------------------
+# Fully connected layer.
+
+class Linear(nnx.Module):
+  """y = x @ weight + bias, weight [in, out]; computed in x's dtype."""
+
+  def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
+               init_mode: str = "kaiming_normal", init_weight: float = 1.0, init_bias: float = 0.0,
+               rngs: nnx.Rngs):
+    self.in_features = in_features
+    self.out_features = out_features
+    fans = dict(mode=init_mode, fan_in=in_features, fan_out=out_features)
+    self.weight = nnx.Param(_scaled_init(rngs, (in_features, out_features), scale=init_weight, **fans))
+    self.bias = nnx.Param(_scaled_init(rngs, (out_features,), scale=init_bias, **fans)) if bias else None
+
+  def __call__(self, x):
+    y = x @ self.weight[...].astype(x.dtype)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(x.dtype)
+    return y
+
+
+# ----------------------------------------------------------------------------------------------
+# Resampling with a separable FIR filter (the reference's `resample_filter`).
+
+def resample_kernel(resample_filter: Sequence[float]) -> np.ndarray:
+  """The 2-D filter outer(f, f) / sum(f)^2 (so that it sums to one), float32."""
+  f = np.asarray(resample_filter, dtype=np.float32)
+  return np.outer(f, f) / np.square(f.sum())
+
+
+def _depthwise(x, kernel2d: np.ndarray, *, stride: int, padding: int, transpose: bool):
+  """Applies the same 2-D kernel to every channel of NHWC `x`.
+
+  `transpose=True` is the reference's conv_transpose2d(stride 2, padding p): a convolution of the
+  input dilated by the stride with the flipped kernel, padded by k - 1 - p (negative pads crop).
+  """
+  c = x.shape[-1]
+  k = kernel2d.shape[0]
+  w = np.tile(kernel2d[:, :, None, None], (1, 1, 1, c)).astype(np.float32)
+  if transpose:
+    w = w[::-1, ::-1]
+    pad = k - 1 - padding
+    return jax.lax.conv_general_dilated(
+        x, jnp.asarray(w, x.dtype), window_strides=(1, 1), padding=[(pad, pad), (pad, pad)],
+        lhs_dilation=(stride, stride), dimension_numbers=_DN, feature_group_count=c)
+  return jax.lax.conv_general_dilated(
+      x, jnp.asarray(w, x.dtype), window_strides=(stride, stride),
+      padding=[(padding, padding), (padding, padding)], dimension_numbers=_DN, feature_group_count=c)
+
+
+def upsample2d(x, resample_filter: Sequence[float] = (1, 1), padding: int | None = None):
+  """2x upsampling by the filter (times 4 so that it keeps the mean), as in the reference."""
+  f = resample_kernel(resample_filter)
+  pad = (f.shape[0] - 1) // 2 if padding is None else padding
+  return _depthwise(x, f * 4, stride=2, padding=pad, transpose=True)
+
+
+def downsample2d(x, resample_filter: Sequence[float] = (1, 1), padding: int | None = None):
+  """2x downsampling: filter then keep every second pixel."""
+  f = resample_kernel(resample_filter)
+  pad = (f.shape[0] - 1) // 2 if padding is None else padding
+  return _depthwise(x, f, stride=2, padding=pad, transpose=False)
+
+
+def _conv(x, w, padding: int):
+  return jax.lax.conv_general_dilated(x, w, window_strides=(1, 1),
+                                      padding=[(padding, padding), (padding, padding)],
+                                      dimension_numbers=_DN)
+
+
+class Conv2d(nnx.Module):
+  """Convolution with optional 2x up/down-sampling; `kernel=0` means resampling only.
+
+  weight is HWIO [k, k, in, out]. With `fused_resample` the resampling and the convolution share
+  one padding, exactly as the reference computes it.
+  """
+
+  def __init__(self, in_channels: int, out_channels: int, kernel: int, *, bias: bool = True,
+               up: bool = False, down: bool = False, resample_filter: Sequence[float] = (1, 1),
+               fused_resample: bool = False, init_mode: str = "kaiming_normal",
+               init_weight: float = 1.0, init_bias: float = 0.0, rngs: nnx.Rngs):
+    assert not (up and down)
+    self.in_channels = in_channels
+    self.out_channels = out_channels
+    self.kernel = kernel
+    self.up = up
+    self.down = down
+    self.fused_resample = fused_resample
+    self.resample_filter = tuple(float(v) for v in resample_filter)
+    fans = dict(mode=init_mode, fan_in=in_channels * kernel * kernel,
+                fan_out=out_channels * kernel * kernel)
+    self.weight = (nnx.Param(_scaled_init(rngs, (kernel, kernel, in_channels, out_channels),
+                                          scale=init_weight, **fans)) if kernel else None)
+    self.bias = (nnx.Param(_scaled_init(rngs, (out_channels,), scale=init_bias, **fans))
+                 if kernel and bias else None)
+
+  def __call__(self, x):
+    w = self.weight[...].astype(x.dtype) if self.weight is not None else None
+    f = resample_kernel(self.resample_filter)
+    w_pad = self.kernel // 2 if w is not None else 0
+    f_pad = (f.shape[0] - 1) // 2 if (self.up or self.down) else 0
+
+    if self.fused_resample and self.up and w is not None:
+      x = upsample2d(x, self.resample_filter, padding=w_pad + f_pad)
+      x = _conv(x, w, 0)
+    elif self.fused_resample and self.down and w is not None:
+      x = _conv(x, w, w_pad + f_pad)
+      x = downsample2d(x, self.resample_filter, padding=0)
+    else:
+      if self.up:
+        x = upsample2d(x, self.resample_filter, padding=f_pad)
+      if self.down:
+        x = downsample2d(x, self.resample_filter, padding=f_pad)
+      if w is not None:
+        x = _conv(x, w, w_pad)
+    if self.bias is not None:
+      x = x + self.bias[...].astype(x.dtype)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# Group normalisation (statistics in float32).
+
+def group_count(num_channels: int, num_groups: int = 32, min_channels_per_group: int = 4) -> int:
+  return min(num_groups, num_channels // min_channels_per_group)
+
+
+class GroupNorm(nnx.Module):
+  """GroupNorm over contiguous channel groups, like torch's group_norm, on NHWC input."""
+
+  def __init__(self, num_channels: int, *, num_groups: int = 32, min_channels_per_group: int = 4,
+               eps: float = 1e-5):
+    self.num_groups = group_count(num_channels, num_groups, min_channels_per_group)
+    self.eps = eps
+    self.weight = nnx.Param(jnp.ones((num_channels,), jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((num_channels,), jnp.float32))
+
+  def __call__(self, x):
+    b, h, w, c = x.shape
+    g = self.num_groups
+    xf = x.astype(jnp.float32).reshape(b, h, w, g, c // g)
+    mean = xf.mean(axis=(1, 2, 4), keepdims=True)
+    var = jnp.square(xf - mean).mean(axis=(1, 2, 4), keepdims=True)  # biased, as torch
+    y = ((xf - mean) * jax.lax.rsqrt(var + self.eps)).reshape(b, h, w, c)
+    return (y * self.weight[...] + self.bias[...]).astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Noise-level embeddings (float32: they feed every layer).
+
+def positional_embedding(x, num_channels: int, max_positions: int = 10000,
+                         endpoint: bool = False):
+  """[B] -> [B, num_channels] = [cos(x f), sin(x f)], f_j = (1/max_positions)^(j / (n/2 - endpoint))."""
+  half = num_channels // 2
+  freqs = np.arange(half, dtype=np.float32) / np.float32(half - (1 if endpoint else 0))
+  freqs = np.power(np.float32(1 / max_positions), freqs, dtype=np.float32)
+  angles = x.astype(jnp.float32)[:, None] * jnp.asarray(freqs)[None, :]
+  return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=1)
+
+
+def fourier_frequencies(num_channels: int, scale: float = 16.0, seed: int = 0) -> tuple:
+  """Random frequencies N(0, scale^2) of the NCSN++ Fourier embedding, fixed by `seed`.
+
+  The reference keeps them as a buffer drawn once at construction; here they are a constant of
+  the network (a config value), so they never enter the parameter tree or the optimizer.
+  """
+  f = np.random.default_rng(seed).standard_normal(num_channels // 2).astype(np.float32) * scale
+  return tuple(float(v) for v in f.astype(np.float32))
+
+
+def fourier_embedding(x, freqs: Sequence[float]):
+  """[B] -> [B, 2 len(freqs)] = [cos(2 pi x f), sin(2 pi x f)]."""
+  f = (2 * np.pi * np.asarray(freqs, dtype=np.float32)).astype(np.float32)
+  angles = x.astype(jnp.float32)[:, None] * jnp.asarray(f)[None, :]
+  return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention and the unified U-Net block.
+
+def attention(q, k, v):
+  """Multi-head attention over positions: q, k, v [B, L, heads, c] -> [B, L, heads, c].
+
+  Logits and softmax in float32, scaled by 1/sqrt(c) (c = channels per head).
+  """
+  c = k.shape[-1]
+  logits = jnp.einsum("bqhc,bkhc->bhqk", q.astype(jnp.float32),
+                      k.astype(jnp.float32) / np.float32(np.sqrt(c)))
+  w = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
+  return jnp.einsum("bhqk,bkhc->bqhc", w, v)
+
+
+def dropout(x, rate: float, *, train: bool, rngs):
+  """Inverted dropout (kept values scaled by 1/(1-rate)), active only when training."""
+  if not train or rate == 0:
+    return x
+  if rngs is None:
+    raise ValueError("train=True with dropout needs rngs with a 'dropout' stream")
+  keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+class UNetBlock(nnx.Module):
+  """The reference's UNetBlock: pre-activation residual block, optional up/down and attention.
+
+  x -> conv0(silu(norm0(x))) -> embedding (adaptive scale/shift or additive) -> silu -> dropout
+  -> conv1, plus the (projected / resampled) input, times skip_scale; then optionally
+  x -> (proj(attention(qkv(norm2(x)))) + x) * skip_scale.
+  """
+
+  def __init__(self, in_channels: int, out_channels: int, emb_channels: int, *, up=False,
+               down=False, attention=False, num_heads=None, channels_per_head=64, dropout=0.0,
+               skip_scale=1.0, eps=1e-5, num_groups=32, resample_filter=(1, 1),
+               resample_proj=False, adaptive_scale=True, init=None, init_zero=None, init_attn=None,
+               rngs: nnx.Rngs):
+    init = dict(init or {})
+    init_zero = dict(init_zero if init_zero is not None else {"init_weight": 0})
+    self.in_channels = in_channels
+    self.out_channels = out_channels
+    self.num_heads = (0 if not attention else
+                      num_heads if num_heads is not None else out_channels // channels_per_head)
+    self.dropout = float(dropout)
+    self.skip_scale = float(skip_scale)
+    self.adaptive_scale = adaptive_scale
+    gn = dict(eps=eps, num_groups=num_groups)
+
+    self.norm0 = GroupNorm(in_channels, **gn)
+    self.conv0 = Conv2d(in_channels, out_channels, 3, up=up, down=down,
+                        resample_filter=resample_filter, rngs=rngs, **init)
+    self.affine = Linear(emb_channels, out_channels * (2 if adaptive_scale else 1), rngs=rngs,
+                         **init)
+    self.norm1 = GroupNorm(out_channels, **gn)
+    self.conv1 = Conv2d(out_channels, out_channels, 3, rngs=rngs, **init_zero)
+
+    skip = None
+    if out_channels != in_channels or up or down:
+      kernel = 1 if resample_proj or out_channels != in_channels else 0
+      skip = Conv2d(in_channels, out_channels, kernel, up=up, down=down,
+                    resample_filter=resample_filter, rngs=rngs, **init)
+    self.skip = nnx.data(skip)
+
+    norm2 = qkv = proj = None
+    if self.num_heads:
+      norm2 = GroupNorm(out_channels, **gn)
+      qkv = Conv2d(out_channels, out_channels * 3, 1, rngs=rngs,
+                   **(init_attn if init_attn is not None else init))
+      proj = Conv2d(out_channels, out_channels, 1, rngs=rngs, **init_zero)
+    self.norm2, self.qkv, self.proj = nnx.data(norm2), nnx.data(qkv), nnx.data(proj)
+
+  def __call__(self, x, emb, *, train: bool = False, rngs=None):
+    orig = x
+    x = self.conv0(nnx.silu(self.norm0(x)))
+
+    params = self.affine(emb)[:, None, None, :].astype(x.dtype)
+    if self.adaptive_scale:
+      scale, shift = jnp.split(params, 2, axis=-1)
+      x = nnx.silu(shift + self.norm1(x) * (scale + 1))
+    else:
+      x = nnx.silu(self.norm1(x + params))
+
+    x = self.conv1(dropout(x, self.dropout, train=train, rngs=rngs))
+    x = x + (self.skip(orig) if self.skip is not None else orig)
+    x = x * jnp.asarray(self.skip_scale, x.dtype)
+
+    if self.num_heads:
+      b, h, w, c = x.shape
+      heads = self.num_heads
+      # The reference splits its 3C qkv channels as [head, channel, (q, k, v)].
+      qkv = self.qkv(self.norm2(x)).reshape(b, h * w, heads, c // heads, 3)
+      a = attention(qkv[..., 0], qkv[..., 1], qkv[..., 2]).reshape(b, h, w, c)
+      x = (self.proj(a) + x) * jnp.asarray(self.skip_scale, x.dtype)
+    return x
+
+
+def count_params(module) -> int:
+  """Number of scalars in the module's nnx.Param variables (works on nnx.eval_shape results)."""
+  return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(nnx.state(module, nnx.Param))))
