@@ -40,7 +40,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   eig = np.linalg.eigvalsh((m + m.T) / 2)
   tr_covmean = np.sqrt(np.clip(eig, 0.0, None)).sum()
   diff = mu1 - mu2
-  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
+  fd = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean
+  return float(max(fd, 0.0))  # a distance: rounding can leave ~-1e-9·trace on equal inputs
 
 
 def frechet_distance_features(features1, features2) -> float:

@@ -65,3 +65,30 @@ def load_stats(path: str) -> dict:
   if "features" in data:
     out["features"] = data["features"]
   return out
+
+
+def load_samples(path: str, what: str = "samples") -> tuple[np.ndarray, np.ndarray | None]:
+  """A sample file (`images` uint8 [N, H, W, C], optional `labels` int [N]) → (images, labels)."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise JaxdiffError(f"{what} file {path!r} not found: write one with `jaxdiff sample --out`")
+  try:
+    with np.load(path) as z:
+      if "images" not in z.files:
+        raise JaxdiffError(f"{what} file {path!r} has no 'images' array (has {z.files}); expected "
+                           "uint8 [N, H, W, C] as `jaxdiff sample` writes")
+      images = z["images"]
+      labels = z["labels"] if "labels" in z.files else None
+  except JaxdiffError:
+    raise
+  except Exception as e:
+    raise JaxdiffError(f"cannot read {what} file {path!r} as .npz ({e})") from e
+  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise JaxdiffError(f"{what} in {path!r} are {images.dtype} {images.shape}; expected uint8 "
+                       "[N, H, W, C] with C = 1 or 3")
+  if labels is not None:
+    if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+      raise JaxdiffError(f"labels in {path!r} are {labels.dtype} {labels.shape}; expected int "
+                         f"[{images.shape[0]}]")
+    labels = labels.astype(np.int32)
+  return images, labels
