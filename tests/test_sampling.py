@@ -28,6 +28,18 @@ def D_np(x, sigma):
   return R.gmm_denoise(W, MU, COVS, x, sigma)
 
 
+def run(denoise, lat, *args, key=None, **kw):
+  """sample() under one jit (eager calls compile every small op separately: slow on CPU)."""
+  return jax.jit(lambda l, k: sampling.sample(denoise, l, *args, key=k, **kw))(lat, key)
+
+
+def step_noise(keys, N, shape):
+  """The documented noise convention: step i of sample b uses normal(fold_in(keys[b], i))."""
+  f = jax.jit(jax.vmap(jax.vmap(lambda k, i: jax.random.normal(jax.random.fold_in(k, i), shape),
+                                (0, None)), (None, 0)))
+  return np.asarray(f(keys, jnp.arange(N)), np.float64)
+
+
 def rel(a, b):
   return np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b)
 
@@ -61,11 +73,9 @@ def test_edm_deterministic_matches_numpy(solver, N):
 def test_edm_stochastic_matches_numpy_with_the_same_noise():
   N, churn, smin, smax, snoise = 10, 30.0, 0.05, 20.0, 1.007
   keys = jax.random.split(jax.random.key(3), LAT.shape[0])
-  x = sampling.sample(GMM.denoise, jnp.asarray(LAT, jnp.float32), "heun", N, s_churn=churn,
-                      s_min=smin, s_max=smax, s_noise=snoise, key=keys)
-  # The documented noise convention: step i of sample b uses normal(fold_in(keys[b], i)).
-  noise = [np.stack([np.asarray(jax.random.normal(jax.random.fold_in(k, i), (2,))) for k in keys])
-           for i in range(N)]
+  x = run(GMM.denoise, jnp.asarray(LAT, jnp.float32), "heun", N, s_churn=churn,
+          s_min=smin, s_max=smax, s_noise=snoise, key=keys)
+  noise = step_noise(keys, N, (2,))
   want = R.algorithm2(D_np, LAT, N, S_churn=churn, S_min=smin, S_max=smax, S_noise=snoise,
                       noise=noise)
   assert rel(x, want) < 1e-5
@@ -134,5 +144,110 @@ def test_nfe_counts_denoiser_calls(solver):
     return GMM.denoise(x, s)
 
   key = jax.random.key(0) if solver == "euler_ancestral" else None
-  jax.block_until_ready(sampling.sample(den, jnp.asarray(LAT[:2], jnp.float32), solver, 7, key=key))
+  jax.block_until_ready(run(den, jnp.asarray(LAT[:2], jnp.float32), solver, 7, key=key))
   assert len(count) == sampling.nfe(solver, 7)
+
+
+# ---------------------------------------------------------------- ablation sampler (EDM Table 2 rows)
+@pytest.mark.parametrize("solver,disc,sched,scal", [
+    ("euler", "vp", "vp", "vp"),       # VP original sampler
+    ("heun", "edm", "vp", "vp"),       # VP + Heun & EDM t_i
+    ("euler", "ve", "ve", "none"),     # VE original sampler
+    ("heun", "edm", "ve", "none"),     # VE + Heun & EDM t_i
+    ("heun", "vp", "linear", "none"),  # σ(t) = t, s = 1 on the VP grid
+])
+def test_ablation_sampler_matches_numpy(solver, disc, sched, scal):
+  smin, smax = {"vp": (0.0064, 152.0), "ve": (0.02, 100.0), "edm": (0.002, 80.0)}[disc]
+  N = 12
+  x = run(GMM.denoise, jnp.asarray(LAT, jnp.float32), solver, N, smin, smax,
+                      discretization=disc, schedule=sched, scaling=scal)
+  want = R.ablation(D_np, LAT, N, solver, disc, sched, scal, smin, smax)
+  assert rel(x, want) < 1e-5
+
+
+def test_ablation_alpha():
+  x = run(GMM.denoise, jnp.asarray(LAT, jnp.float32), "heun", 8, alpha=0.5)
+  want = R.ablation(D_np, LAT, 8, "heun", "edm", "linear", "none", 0.002, 80.0, alpha=0.5)
+  assert rel(x, want) < 1e-5
+  assert rel(R.algorithm2(D_np, LAT, 8), want) > 1e-4  # alpha matters
+
+
+def test_iddpm_discretization_rounds_to_the_table():
+  seen = []
+  pc = IDDPMPrecond()
+
+  def den(x, s):
+    jax.debug.callback(lambda s: seen.append(float(np.asarray(s)[0])), s)
+    return GMM.denoise(x, s)
+
+  jax.block_until_ready(sampling.sample(den, jnp.asarray(LAT, jnp.float32), "euler", 6,
+                                        discretization="iddpm", round_sigma=pc.round_sigma))
+  assert len(seen) == 6
+  u = pc.u.astype(np.float32)
+  for s in seen:
+    assert np.min(np.abs(u - s)) <= 1e-6 * s  # every σ the net sees is a table entry
+  assert seen[0] == pytest.approx(float(u[np.argmin(np.abs(pc.u - 81.0))]), rel=1e-6)
+
+
+# ---------------------------------------------------------------- fast solvers vs NumPy
+@pytest.mark.parametrize("solver", ["dpmpp_2m", "ipndm"])
+@pytest.mark.parametrize("N", [1, 2, 3, 10])
+def test_fast_solvers_match_numpy(solver, N):
+  x = run(GMM.denoise, jnp.asarray(LAT, jnp.float32), solver, N)
+  want = {"dpmpp_2m": R.dpmpp_2m, "ipndm": R.ipndm}[solver](D_np, LAT, R.edm_grid(N))
+  assert rel(x, want) < 1e-5
+
+
+def test_euler_ancestral_matches_numpy():
+  N = 8
+  keys = jax.random.split(jax.random.key(5), LAT.shape[0])
+  x = run(GMM.denoise, jnp.asarray(LAT, jnp.float32), "euler_ancestral", N, key=keys)
+  noise = step_noise(keys, N, (2,))
+  want = R.euler_ancestral(D_np, LAT, R.edm_grid(N), noise)
+  assert rel(x, want) < 1e-5
+
+
+def test_high_order_solvers_converge_at_second_order():
+  """On a smooth mixture, halving the step size cuts the error ~4x for heun / dpmpp_2m / ipndm."""
+  g = exact.GaussianMixture.create(W, MU, np.stack([np.eye(2) * 0.09, [[0.1, 0.05], [0.05, 0.06]],
+                                                    np.eye(2) * 0.04]))
+  lat = jnp.asarray(np.random.default_rng(5).normal(size=(16, 2)), jnp.float32)
+  ref = np.asarray(run(g.denoise, lat, "heun", 800), np.float64)  # converged
+  err = {s: [rel(run(g.denoise, lat, s, N), ref) for N in (20, 40)]
+         for s in ("euler", "heun", "dpmpp_2m", "ipndm")}
+  for s in ("heun", "dpmpp_2m", "ipndm"):
+    assert np.log2(err[s][0] / err[s][1]) > 1.8, err
+    assert err[s][1] < err["euler"][1] / 5, err
+
+
+# ---------------------------------------------------------------- per-sample keys, compile once
+@pytest.mark.parametrize("solver", ["heun", "euler_ancestral"])
+def test_sample_does_not_depend_on_its_batch(solver):
+  keys = jax.random.split(jax.random.key(11), 6)
+  lat = sampling.sample_latents(keys, (2,))
+  kw = dict(s_churn=40.0) if solver == "heun" else {}
+  full = run(GMM.denoise, lat, solver, 6, key=keys, **kw)
+  part = run(GMM.denoise, lat[2:5], solver, 6, key=keys[2:5], **kw)
+  np.testing.assert_allclose(np.asarray(part), np.asarray(full[2:5]), rtol=1e-6, atol=1e-6)
+  # ... and different keys do give different samples.
+  other = run(GMM.denoise, lat, solver, 6, key=jax.random.split(jax.random.key(12), 6), **kw)
+  assert np.abs(np.asarray(other) - np.asarray(full)).max() > 1e-2
+  # Raw uint32 keys work the same way.
+  raw = run(GMM.denoise, lat, solver, 6, key=jax.random.key_data(keys), **kw)
+  np.testing.assert_allclose(np.asarray(raw), np.asarray(full), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("solver", ["heun", "dpmpp_2m", "euler_ancestral"])
+def test_sampling_compiles_once_per_solver_steps_shape(solver):
+  traces = []
+
+  @jax.jit
+  def run(means, key, labels):
+    traces.append(1)
+    g = exact.GaussianMixture(GMM.log_weights, means + labels[:, None], GMM.eigvecs, GMM.eigvals)
+    lat = sampling.sample_latents(jax.random.split(key, 4), (2,))
+    return sampling.sample(g.denoise, lat, solver, 5, key=key, s_churn=5.0 if solver == "heun" else 0.0)
+
+  outs = [run(GMM.means, jax.random.key(s), jnp.full((3,), float(s))) for s in range(3)]
+  assert len(traces) == 1 and run._cache_size() == 1
+  assert not np.allclose(np.asarray(outs[0]), np.asarray(outs[1]))
