@@ -134,13 +134,13 @@ def _flat_params(model) -> dict[str, np.ndarray]:
         walk(v, f"{prefix}{k}/")
       else:
         flat[f"{prefix}{k}"] = np.asarray(v)
-  walk(params.to_pure_dict(), "")
+  walk(nnx.to_pure_dict(params), "")
   return flat
 
 
 def _from_flat(flat: dict) -> DigitsClassifier:
   graphdef, params = nnx.split(nnx.eval_shape(lambda: DigitsClassifier(rngs=nnx.Rngs(0))), nnx.Param)
-  pure = params.to_pure_dict()
+  pure = nnx.to_pure_dict(params)
 
   def fill(tree, prefix):
     for k, v in tree.items():

@@ -246,7 +246,7 @@ def abstract_inception() -> InceptionV3:
 def weight_shapes() -> dict[str, tuple[int, ...]]:
   """npz key → shape for every variable of the network."""
   _, state = _abstract_split()
-  return {k: tuple(v.shape) for k, v in _flatten(state.to_pure_dict()).items()}
+  return {k: tuple(v.shape) for k, v in _flatten(nnx.to_pure_dict(state)).items()}
 
 
 _BN_NAMES = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
