@@ -96,3 +96,31 @@ def test_eval_inception_metrics_random_weights(tmp_path, capsys):
   result = json.loads(capsys.readouterr().out)
   assert list(result) == ["fid", "kid", "precision", "recall"]
   assert result["fid"] > 0 and 0 <= result["precision"] <= 1 and 0 <= result["recall"] <= 1
+
+
+class _FakeModel:
+  """Stands in for `jaxdiff.load(workdir)`: returns real held-out digits as its 'samples'."""
+  label_dim = 10
+
+  def __init__(self, images, labels):
+    self.images, self.labels, self.calls = images, labels, []
+
+  def sample_with_labels(self, num, seed=0, progress=False, **kw):
+    self.calls.append((num, seed))
+    return self.images[:num], self.labels[:num]
+
+
+def test_workdir_samples_first_and_writes_samples(real_npz, tmp_path, monkeypatch, capsys):
+  import jaxdiff
+  _, images, labels = real_npz
+  fake = _FakeModel(images, labels)
+  monkeypatch.setattr(jaxdiff, "load", lambda workdir, ema=True: fake)
+  out_npz = tmp_path / "drawn.npz"
+  assert main(["eval", "--workdir", str(tmp_path), "--num", "200", "--seed", "3",
+               "--samples", str(out_npz), "--metric", "accuracy", "--json"]) == 0
+  assert fake.calls == [(200, 3)]
+  result = json.loads(capsys.readouterr().out)
+  assert result["accuracy"] == pytest.approx(dm.accuracy(images[:200], labels[:200]))
+  with np.load(out_npz) as z:
+    np.testing.assert_array_equal(z["images"], images[:200])
+    assert z["labels"].dtype == np.int32

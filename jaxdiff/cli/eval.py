@@ -88,10 +88,10 @@ def _load_reference(path: str, need_features: bool, features_of):
   import numpy as np
   from jaxdiff.eval import stats as stats_lib
   from jaxdiff.eval.metrics import feature_stats
-  if os.path.isfile(path):
+  try:
     with np.load(path) as z:
       has_images = "images" in z.files
-  else:
+  except Exception:  # missing or unreadable: load_stats below says which, in one line
     has_images = False
   if has_images:
     images, _ = stats_lib.load_samples(path, what="reference images")

@@ -83,7 +83,7 @@ def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   return np.maximum(d2, 0.0)
 
 
-def knn_radii(features, k: int = 3, row_batch: int = 1024) -> np.ndarray:
+def knn_radii(features, k: int = 3, row_batch: int = 256) -> np.ndarray:
   """Distance of each row to its k-th nearest neighbour among the other rows (self excluded)."""
   f = np.asarray(features, np.float64)
   n = f.shape[0]
@@ -107,7 +107,7 @@ def _coverage(manifold: np.ndarray, radii: np.ndarray, queries: np.ndarray, row_
 
 
 def precision_recall(features_real, features_fake, k: int = 3,
-                     row_batch: int = 1024) -> tuple[float, float]:
+                     row_batch: int = 256) -> tuple[float, float]:
   """Improved precision and recall (Kynkäänniemi et al. 2019) with k-NN hypersphere manifolds.
 
   precision: share of fake samples inside the real manifold; recall: share of real samples inside
