@@ -45,7 +45,8 @@ class BasicConv2d(nnx.Module):
   def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, *, rngs):
     ph, pw = _pair(padding)
     self.conv = nnx.Conv(in_channels, out_channels, _pair(kernel_size), strides=_pair(stride),
-                         padding=((ph, ph), (pw, pw)), use_bias=False, rngs=rngs)
+                         padding=((ph, ph), (pw, pw)), use_bias=False,
+                         precision=jax.lax.Precision.HIGHEST, rngs=rngs)  # no TF32 on GPUs
     self.bn = nnx.BatchNorm(out_channels, use_running_average=True, epsilon=1e-3, rngs=rngs)
 
   def __call__(self, x):
