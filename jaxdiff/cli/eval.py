@@ -133,9 +133,6 @@ def evaluate(images, labels, metrics, *, ref=None, inception=None, batch=64, sav
     from jaxdiff.eval import metrics as M
     from jaxdiff.eval import stats as stats_lib
     from jaxdiff.eval.features import inception_features
-    if min(images.shape[1:3]) < 32:
-      _log(f"note: Inception metrics on {images.shape[1]}×{images.shape[2]} images are not "
-           "meaningful (the network expects natural 299×299 images)")
     net = inc.load_inception(inception)
 
     def features_of(imgs):
