@@ -46,9 +46,13 @@ def _check_steps(num_steps):
 
 
 def _number(name, value):
-  if isinstance(value, jax.core.Tracer) or not isinstance(value, (int, float, np.number)) \
-      or isinstance(value, bool):
-    raise JaxdiffError(f"{name} must be a Python number (a static value), got {type(value).__name__}")
+  """A static float: Python / NumPy numbers and concrete 0-d arrays; tracers are refused."""
+  ok = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+  ok = ok or (isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) == 0
+              and not isinstance(value, jax.core.Tracer))
+  if not ok:
+    raise JaxdiffError(f"{name} must be a Python number (a static value, not traced), "
+                       f"got {type(value).__name__}")
   return float(value)
 
 

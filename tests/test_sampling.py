@@ -251,3 +251,12 @@ def test_sampling_compiles_once_per_solver_steps_shape(solver):
   outs = [run(GMM.means, jax.random.key(s), jnp.full((3,), float(s))) for s in range(3)]
   assert len(traces) == 1 and run._cache_size() == 1
   assert not np.allclose(np.asarray(outs[0]), np.asarray(outs[1]))
+
+
+def test_traced_options_are_refused_with_a_clear_message():
+  with pytest.raises(JaxdiffError, match="static"):
+    jax.jit(lambda smax: sampling.sample(GMM.denoise, jnp.zeros((2, 2)), sigma_max=smax))(80.0)
+  # Concrete NumPy / JAX scalars are fine.
+  x = run(GMM.denoise, jnp.asarray(LAT, jnp.float32), "euler", 4, np.float32(0.002), jnp.array(80.0))
+  want = R.algorithm2(D_np, LAT, 4, heun=False, sigma_min=float(np.float32(0.002)))
+  assert rel(x, want) < 1e-5
