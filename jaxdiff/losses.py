@@ -23,8 +23,30 @@ class EDMLoss:
   P_std: float = 1.2
   sigma_data: float = 0.5
 
-  def sample_sigma(self, key, shape):
-    return jnp.exp(jax.random.normal(key, shape, _F32) * self.P_std + self.P_mean)
+  def sample_sigma(self, key, shape, sigma_lo=None, sigma_hi=None):
+    """σ from the log-normal; with `sigma_lo`/`sigma_hi` from it restricted to [lo, hi)
+    (inverse-CDF sampling, as multi-stage training draws one stage's batch)."""
+    if sigma_lo is None and sigma_hi is None:
+      return jnp.exp(jax.random.normal(key, shape, _F32) * self.P_std + self.P_mean)
+    a, b = self._cdf_bounds(sigma_lo, sigma_hi)
+    u = jax.random.uniform(key, shape, _F32, minval=a, maxval=b)
+    z = jax.scipy.special.ndtri(jnp.clip(u, 1e-7, 1 - 1e-7))
+    sigma = jnp.exp(z * self.P_std + self.P_mean)
+    lo = 0.0 if sigma_lo is None else sigma_lo
+    hi = jnp.inf if sigma_hi is None else sigma_hi
+    return jnp.clip(sigma, lo, jnp.nextafter(jnp.asarray(hi, _F32), 0))
+
+  def _cdf_bounds(self, sigma_lo, sigma_hi):
+    def cdf(s, default):
+      if s is None:
+        return jnp.asarray(default, _F32)
+      return jax.scipy.special.ndtr((jnp.log(jnp.asarray(s, _F32)) - self.P_mean) / self.P_std)
+    return cdf(sigma_lo, 0.0), cdf(sigma_hi, 1.0)
+
+  def probability(self, sigma_lo=None, sigma_hi=None):
+    """P(σ_lo ≤ σ < σ_hi) under the log-normal (a stage's share of training steps)."""
+    a, b = self._cdf_bounds(sigma_lo, sigma_hi)
+    return b - a
 
   def weight(self, sigma):
     sigma = jnp.asarray(sigma, _F32)

@@ -78,3 +78,24 @@ def test_make_loss_errors():
   with pytest.raises(JaxdiffError, match="no option"):
     L.make_loss("edm", p_mean=0.0)
   hash(L.make_loss("vp"))
+
+
+def test_restricted_lognormal_for_stages():
+  loss = L.EDMLoss()
+  bounds = [(None, 2.5103), (2.5103, 7.6577), (7.6577, None)]
+  # Stage shares from the closed-form normal CDF (math.erf, independent of jax.scipy).
+  import math
+  Phi = lambda s: 0.5 * (1 + math.erf((math.log(s) + 1.2) / (1.2 * math.sqrt(2))))
+  want = [Phi(2.5103), Phi(7.6577) - Phi(2.5103), 1 - Phi(7.6577)]
+  got = [float(loss.probability(lo, hi)) for lo, hi in bounds]
+  np.testing.assert_allclose(got, want, rtol=1e-4)
+  np.testing.assert_allclose(got, [0.961, 0.035, 0.0035], rtol=0.05)  # REFERENCE.md's shares
+  for lo, hi in bounds:
+    s = np.asarray(loss.sample_sigma(jax.random.key(0), (50_000,), lo, hi), np.float64)
+    assert s.min() >= (lo or 0) and s.max() < (hi or np.inf)
+    # Conditional mean of ln σ on the interval matches the truncated normal's (by quadrature).
+    z = np.linspace(-12, 12, 400_001)
+    ls = z * 1.2 - 1.2
+    mask = (ls >= np.log(lo or 1e-300)) & (ls < np.log(hi or 1e300))
+    dens = np.exp(-0.5 * z**2) * mask
+    assert abs(np.log(s).mean() - (ls * dens).sum() / dens.sum()) < 0.01
