@@ -1,0 +1,18 @@
+"""Datasets: one random-access interface (`DataSource`) for digits, TFDS and files."""
+
+from jaxdiff.data.source import ArraySource, DataSource, batch_indices, check_source
+from jaxdiff.errors import JaxdiffError
+
+
+def open_source(name: str, *, tfds_data_dir: str | None = None, split: str = "train"):
+  """Opens a dataset by its config name: `digits` or `tfds:<name>`."""
+  if name == "digits":
+    from jaxdiff.data.digits import load_digits_source
+    return load_digits_source()
+  if name.startswith("tfds:"):
+    from jaxdiff.data.tfds_source import TFDSSource
+    return TFDSSource(name[len("tfds:"):], split=split, data_dir=tfds_data_dir)
+  raise JaxdiffError(f"unknown data.name {name!r}; use 'digits' or 'tfds:<name>' (e.g. tfds:cifar10)")
+
+
+__all__ = ["ArraySource", "DataSource", "batch_indices", "check_source", "open_source"]

@@ -1,0 +1,64 @@
+"""The embedded default: scikit-learn's 8x8 digits, class-conditional EDM. Trains on a laptop CPU."""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "digits"          # digits | tfds:<name> | zip:<path> | folder:<path>
+  c.data.resolution = 8
+  c.data.channels = 1
+  c.data.num_classes = 10         # 0 = unconditional
+  c.data.xflip = False            # digits are not mirror-symmetric
+
+  c.model = ml_collections.ConfigDict()
+  c.model.arch = "unet"
+  c.model.model_channels = 32
+  c.model.channel_mult = (1, 2)
+  c.model.num_blocks = 2
+  c.model.attn_resolutions = (4,)
+  c.model.dropout = 0.1
+  c.model.label_dropout = 0.0
+  c.model.dtype = "float32"
+
+  c.precond = ml_collections.ConfigDict()
+  c.precond.name = "edm"          # edm | vp | ve | iddpm
+  c.precond.sigma_data = 0.5
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.name = "edm"             # edm | vp | ve
+  c.loss.P_mean = -1.2
+  c.loss.P_std = 1.2
+
+  c.sampler = ml_collections.ConfigDict()
+  c.sampler.solver = "heun"
+  c.sampler.num_steps = 18
+  c.sampler.sigma_min = 0.002
+  c.sampler.sigma_max = 80.0
+  c.sampler.rho = 7.0
+  c.sampler.s_churn = 0.0
+  c.sampler.s_min = 0.0
+  c.sampler.s_max = float("inf")
+  c.sampler.s_noise = 1.0
+
+  c.training = ml_collections.ConfigDict()
+  c.training.steps = 3000
+  c.training.batch_size = 64
+  c.training.lr = 2e-3
+  c.training.lr_rampup_images = 20_000
+  c.training.ema_halflife_images = 50_000
+  c.training.ema_rampup_ratio = 0.05
+  c.training.checkpoint_every = 500
+  c.training.keep_checkpoints = 2
+  c.training.log_every = 50
+  c.training.sample_every = 1000
+  c.training.sample_grid = 100     # images in the PNG grids written while training
+  c.training.seed = 0
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.beta1 = 0.9
+  c.optimizer.beta2 = 0.999
+  c.optimizer.eps = 1e-8
+  return c

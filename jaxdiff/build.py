@@ -1,0 +1,77 @@
+"""The one place that reads a config: it builds the network, preconditioning, loss, optimizer, data.
+
+Everything it returns is plain objects and pure functions; nothing downstream sees the config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import ml_collections
+from flax import nnx
+
+from jaxdiff import losses, precond as precond_lib
+from jaxdiff.nets import build_network
+from jaxdiff.train import optim
+
+
+def _options(section, cls, skip=("name",)) -> dict:
+  """The config entries that `cls` (a dataclass) takes; others belong to other choices of name."""
+  fields = {f.name for f in dataclasses.fields(cls)}
+  return {k: v for k, v in section.items() if k not in skip and k in fields}
+
+
+def make_precond(cfg):
+  cls = precond_lib.PRECONDS.get(cfg.precond.name)
+  opts = _options(cfg.precond, cls) if cls else {}
+  return precond_lib.make_precond(cfg.precond.name, **opts)
+
+
+def make_loss(cfg):
+  cls = losses.LOSSES.get(cfg.loss.name)
+  opts = _options(cfg.loss, cls) if cls else {}
+  if cls and "sigma_data" in {f.name for f in dataclasses.fields(cls)} and "sigma_data" not in opts:
+    opts["sigma_data"] = cfg.precond.get("sigma_data", 0.5)  # the loss weight uses the data's σ
+  return losses.make_loss(cfg.loss.name, **opts)
+
+
+def label_dim(cfg) -> int:
+  return int(cfg.data.num_classes)
+
+
+def make_network(cfg, seed: int = 0):
+  """The network with fresh parameters, split into (graphdef, params)."""
+  model_cfg = ml_collections.ConfigDict(cfg.model.to_dict())
+  model_cfg.out_channels_factor = make_precond(cfg).out_channels_factor
+  net = build_network(model_cfg, img_resolution=cfg.data.resolution,
+                      img_channels=cfg.data.channels, label_dim=label_dim(cfg),
+                      rngs=nnx.Rngs(params=seed))
+  return nnx.split(net, nnx.Param)
+
+
+def abstract_network(cfg):
+  """(graphdef, params as ShapeDtypeStructs) without allocating or initialising any weights."""
+  return jax.eval_shape(lambda: make_network(cfg))  # graphdef passes through as static
+
+
+def make_optimizer(cfg):
+  t = cfg.training
+  return optim.adam(t.lr, t.batch_size, t.lr_rampup_images, beta1=cfg.optimizer.beta1,
+                    beta2=cfg.optimizer.beta2, eps=cfg.optimizer.eps)
+
+
+def sampler_kwargs(cfg, solver: str | None = None, num_steps: int | None = None) -> dict:
+  s = cfg.sampler
+  return dict(solver=solver or s.solver, num_steps=int(num_steps or s.num_steps),
+              sigma_min=float(s.sigma_min), sigma_max=float(s.sigma_max), rho=float(s.rho),
+              s_churn=float(s.s_churn), s_min=float(s.s_min), s_max=float(s.s_max),
+              s_noise=float(s.s_noise))
+
+
+def make_source(cfg):
+  from jaxdiff.data import check_source, open_source
+  source = open_source(cfg.data.name, tfds_data_dir=cfg.data.get("tfds_data_dir", None))
+  check_source(source, resolution=cfg.data.resolution, channels=cfg.data.channels,
+               num_classes=cfg.data.num_classes)
+  return source

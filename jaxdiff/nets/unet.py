@@ -1,0 +1,164 @@
+"""A small U-Net for the embedded default and quick experiments (not a reference architecture).
+
+Residual blocks with GroupNorm and an additive noise/label embedding, self-attention at chosen
+resolutions, skip connections by concatenation. The reference networks live in songunet.py and
+dhariwal.py; this one exists so that digits train in minutes on a CPU.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+def _groups(channels: int) -> int:
+  """The most groups (at most 32, at least 4 channels each) that divide `channels`."""
+  g = max(1, min(32, channels // 4))
+  while channels % g:
+    g -= 1
+  return g
+
+
+def positional_embedding(c_noise: jax.Array, dim: int, max_positions: int = 10000) -> jax.Array:
+  """[B] -> [B, dim]: cos/sin of c_noise at geometric frequencies (float32: it feeds every layer)."""
+  freqs = (1.0 / max_positions) ** (np.arange(dim // 2, dtype=np.float32) / (dim // 2))
+  angles = c_noise.astype(jnp.float32)[:, None] * freqs[None, :]
+  return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=1)
+
+
+class ResBlock(nnx.Module):
+  def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float, dtype, *, rngs: nnx.Rngs):
+    self.norm0 = nnx.GroupNorm(cin, num_groups=_groups(cin), epsilon=1e-6, dtype=dtype, rngs=rngs)
+    self.conv0 = nnx.Conv(cin, cout, (3, 3), dtype=dtype, rngs=rngs)
+    # Embedding gives a per-channel scale and shift (adaptive GroupNorm).
+    self.affine = nnx.Linear(emb_dim, 2 * cout, dtype=dtype, rngs=rngs)
+    self.norm1 = nnx.GroupNorm(cout, num_groups=_groups(cout), epsilon=1e-6, dtype=dtype, rngs=rngs)
+    self.dropout = nnx.Dropout(dropout)
+    # Zero init: every block starts as the identity, which keeps deep stacks trainable.
+    self.conv1 = nnx.Conv(cout, cout, (3, 3), dtype=dtype, kernel_init=nnx.initializers.zeros,
+                          rngs=rngs)
+    self.skip = nnx.Conv(cin, cout, (1, 1), dtype=dtype, rngs=rngs) if cin != cout else None
+
+  def __call__(self, x, emb, *, train: bool, rngs):
+    h = self.conv0(nnx.silu(self.norm0(x)))
+    scale, shift = jnp.split(self.affine(emb)[:, None, None, :], 2, axis=-1)
+    h = nnx.silu(self.norm1(h) * (1 + scale) + shift)
+    h = self.conv1(self.dropout(h, deterministic=not train, rngs=rngs))
+    return (self.skip(x) if self.skip is not None else x) + h
+
+
+class Attention(nnx.Module):
+  def __init__(self, channels: int, dtype, *, rngs: nnx.Rngs):
+    self.norm = nnx.GroupNorm(channels, num_groups=_groups(channels), epsilon=1e-6, dtype=dtype,
+                              rngs=rngs)
+    self.qkv = nnx.Linear(channels, 3 * channels, dtype=dtype, rngs=rngs)
+    self.proj = nnx.Linear(channels, channels, dtype=dtype, kernel_init=nnx.initializers.zeros,
+                           rngs=rngs)
+
+  def __call__(self, x):
+    b, h, w, c = x.shape
+    q, k, v = jnp.split(self.qkv(self.norm(x)).reshape(b, h * w, 3 * c), 3, axis=-1)
+    logits = jnp.einsum("bqc,bkc->bqk", q, k).astype(jnp.float32) / np.sqrt(c)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)  # softmax in float32
+    out = jnp.einsum("bqk,bkc->bqc", weights, v).reshape(b, h, w, c)
+    return x + self.proj(out)
+
+
+class UNet(nnx.Module):
+  def __init__(self, *, img_resolution: int, in_channels: int, out_channels: int, label_dim: int = 0,
+               augment_dim: int = 0, model_channels: int = 64, channel_mult=(1, 2),
+               num_blocks: int = 2, attn_resolutions=(4,), dropout: float = 0.1,
+               label_dropout: float = 0.0, dtype=jnp.float32, rngs: nnx.Rngs):
+    self.model_channels = model_channels
+    self.label_dropout = label_dropout
+    self.dtype = dtype
+    emb_dim = 4 * model_channels
+    self.map0 = nnx.Linear(model_channels, emb_dim, rngs=rngs)
+    self.map1 = nnx.Linear(emb_dim, emb_dim, rngs=rngs)
+    self.map_label = nnx.Linear(label_dim, model_channels, use_bias=False, rngs=rngs) if label_dim else None
+    self.map_augment = (nnx.Linear(augment_dim, model_channels, use_bias=False, rngs=rngs)
+                        if augment_dim else None)
+    self.conv_in = nnx.Conv(in_channels, model_channels, (3, 3), dtype=dtype, rngs=rngs)
+
+    down, skips, c, res = [], [model_channels], model_channels, img_resolution
+    for level, mult in enumerate(channel_mult):
+      for _ in range(num_blocks):
+        down.append(ResBlock(c, model_channels * mult, emb_dim, dropout, dtype, rngs=rngs))
+        c = model_channels * mult
+        down.append(Attention(c, dtype, rngs=rngs) if res in attn_resolutions else None)
+        skips.append(c)
+      if level != len(channel_mult) - 1:
+        down.append(nnx.Conv(c, c, (3, 3), strides=(2, 2), dtype=dtype, rngs=rngs))
+        skips.append(c)
+        res //= 2
+    self.down = nnx.List(down)
+    self.mid = nnx.List([ResBlock(c, c, emb_dim, dropout, dtype, rngs=rngs),
+                         Attention(c, dtype, rngs=rngs),
+                         ResBlock(c, c, emb_dim, dropout, dtype, rngs=rngs)])
+    up = []
+    for level, mult in reversed(list(enumerate(channel_mult))):
+      for _ in range(num_blocks + 1):
+        cskip = skips.pop()
+        up.append(ResBlock(c + cskip, model_channels * mult, emb_dim, dropout, dtype, rngs=rngs))
+        c = model_channels * mult
+        up.append(Attention(c, dtype, rngs=rngs) if res in attn_resolutions else None)
+      if level != 0:
+        up.append(nnx.Conv(c, c, (3, 3), dtype=dtype, rngs=rngs))  # after nearest upsampling
+        res *= 2
+    self.up = nnx.List(up)
+    self.norm_out = nnx.GroupNorm(c, num_groups=_groups(c), epsilon=1e-6, dtype=dtype, rngs=rngs)
+    self.conv_out = nnx.Conv(c, out_channels, (3, 3), dtype=dtype,
+                             kernel_init=nnx.initializers.zeros, rngs=rngs)
+
+  def __call__(self, x, c_noise, class_labels=None, augment_labels=None, *, train=False, rngs=None):
+    emb = positional_embedding(c_noise, self.model_channels)
+    if self.map_label is not None:
+      labels = class_labels.astype(jnp.float32)
+      if train and self.label_dropout:
+        keep = jax.random.bernoulli(rngs.dropout(), 1 - self.label_dropout, (labels.shape[0], 1))
+        labels = labels * keep
+      emb = emb + self.map_label(labels)
+    if self.map_augment is not None and augment_labels is not None:
+      emb = emb + self.map_augment(augment_labels.astype(jnp.float32))
+    emb = nnx.silu(self.map1(nnx.silu(self.map0(emb)))).astype(self.dtype)
+
+    h = self.conv_in(x.astype(self.dtype))
+    hs = [h]
+    for layer in self.down:
+      if isinstance(layer, ResBlock):
+        h = layer(h, emb, train=train, rngs=rngs)
+      elif isinstance(layer, Attention):
+        h = layer(h)
+        hs.pop()  # the block's output is replaced by the attended one
+      elif layer is None:
+        continue
+      else:
+        h = layer(h)
+      hs.append(h)
+    h = self.mid[0](h, emb, train=train, rngs=rngs)
+    h = self.mid[1](h)
+    h = self.mid[2](h, emb, train=train, rngs=rngs)
+    for layer in self.up:
+      if isinstance(layer, ResBlock):
+        h = layer(jnp.concatenate([h, hs.pop()], axis=-1), emb, train=train, rngs=rngs)
+      elif isinstance(layer, Attention):
+        h = layer(h)
+      elif layer is None:
+        continue
+      else:
+        b, hh, ww, cc = h.shape
+        h = layer(jax.image.resize(h, (b, 2 * hh, 2 * ww, cc), "nearest"))
+    return self.conv_out(nnx.silu(self.norm_out(h))).astype(jnp.float32)
+
+
+def build(model_cfg, *, img_resolution, img_channels, label_dim, rngs):
+  factor = model_cfg.get("out_channels_factor", 1)
+  return UNet(img_resolution=img_resolution, in_channels=img_channels,
+              out_channels=img_channels * factor, label_dim=label_dim,
+              augment_dim=model_cfg.get("augment_dim", 0),
+              model_channels=model_cfg.model_channels, channel_mult=tuple(model_cfg.channel_mult),
+              num_blocks=model_cfg.num_blocks, attn_resolutions=tuple(model_cfg.attn_resolutions),
+              dropout=model_cfg.dropout, label_dropout=model_cfg.get("label_dropout", 0.0),
+              dtype=jnp.dtype(model_cfg.get("dtype", "float32")), rngs=rngs)

@@ -1,0 +1,28 @@
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIGITS = os.path.join(ROOT, "configs", "digits.py")
+
+# A digits model small enough that a test trains it in seconds.
+TINY = ["--config.model.model_channels=8", "--config.model.channel_mult=(1,)",
+        "--config.model.num_blocks=1", "--config.model.attn_resolutions=()",
+        "--config.training.batch_size=16", "--config.training.steps=4",
+        "--config.training.checkpoint_every=2", "--config.training.log_every=1",
+        "--config.training.sample_every=0", "--config.sampler.num_steps=3"]
+
+
+@pytest.fixture
+def tiny_cfg():
+  from jaxdiff.config import load_config
+  return load_config(DIGITS, TINY)
+
+
+def run_cli(*argv):
+  """Runs `python -m jaxdiff ARGV` in a subprocess; returns (code, stdout, stderr)."""
+  import subprocess
+  proc = subprocess.run([sys.executable, "-m", "jaxdiff", *argv], capture_output=True, text=True,
+                        cwd=ROOT, timeout=900)
+  return proc.returncode, proc.stdout, proc.stderr
