@@ -75,3 +75,13 @@ def make_source(cfg):
   check_source(source, resolution=cfg.data.resolution, channels=cfg.data.channels,
                num_classes=cfg.data.num_classes)
   return source
+
+
+def make_step_fn(cfg, step_cfg):
+  """The compiled train step for this config: the plain one, or a multi-stage one that trains one
+  noise stage's decoder per step."""
+  if cfg.model.arch == "multistage":
+    from jaxdiff.multistage.step import make_multistage_train_step
+    return make_multistage_train_step(step_cfg, cfg)
+  from jaxdiff.train.step import make_train_step
+  return make_train_step(step_cfg)

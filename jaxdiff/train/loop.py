@@ -18,7 +18,7 @@ from jaxdiff.images import save_grid
 from jaxdiff.model import Model
 from jaxdiff.train import checkpoint as ckpt_lib
 from jaxdiff.train.state import init_state
-from jaxdiff.train.step import StepConfig, make_train_step
+from jaxdiff.train.step import StepConfig
 
 
 def log(msg: str) -> None:
@@ -50,7 +50,7 @@ def train(cfg, workdir: str) -> dict:
   del params
   start = int(state.step)
 
-  step_fn = make_train_step(step_cfg)
+  step_fn = build.make_step_fn(cfg, step_cfg)
   from tensorboardX import SummaryWriter
   writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
   from tqdm import tqdm
