@@ -95,7 +95,7 @@ def _from_reference(a: np.ndarray) -> np.ndarray:
 def _flat_params(net) -> dict[str, tuple]:
   """'enc.32x32_conv.weight' -> jaxdiff shape, for every nnx.Param of `net` (abstract is fine)."""
   out = {}
-  for path, var in nnx.state(net, nnx.Param).flat_state():
+  for path, var in nnx.to_flat_state(nnx.state(net, nnx.Param)):
     out[".".join(str(p) for p in path)] = tuple(var.shape)
   return out
 
@@ -120,7 +120,7 @@ def export_state_dict(net, params=None, prefix: str = "model.") -> dict[str, np.
   """jaxdiff network (or its `params`) -> a state dict in the reference's names and layouts."""
   state = nnx.state(net, nnx.Param) if params is None else params
   out = {}
-  for path, var in state.flat_state():
+  for path, var in nnx.to_flat_state(state):
     out[prefix + ".".join(str(p) for p in path)] = _to_reference(np.asarray(var[...], np.float32))
   for name, value in _buffers(net).items():
     out[prefix + name] = value

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxdiff.nets.layers import Conv2d, GroupNorm, Linear, UNetBlock, positional_embedding
+from jaxdiff.nets.layers import (Conv2d, GroupNorm, Linear, UNetBlock, label_dropout,
+                                 positional_embedding)
 
 
 class DhariwalUNet(nnx.Module):
@@ -92,9 +92,7 @@ class DhariwalUNet(nnx.Module):
     if self.map_label is not None:
       labels = (jnp.zeros((emb.shape[0], self.label_dim), jnp.float32) if class_labels is None
                 else class_labels.astype(jnp.float32))
-      if train and self.label_dropout:
-        keep = jax.random.bernoulli(rngs.dropout(), 1.0 - self.label_dropout, (labels.shape[0], 1))
-        labels = labels * keep
+      labels = label_dropout(labels, self.label_dropout, train=train, rngs=rngs)
       emb = emb + self.map_label(labels)
     return nnx.silu(emb)
 

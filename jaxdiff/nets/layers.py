@@ -25,23 +25,44 @@ _DN = ("NHWC", "HWIO", "NHWC")
 # ----------------------------------------------------------------------------------------------
 # Initialisation: the reference's four schemes, scaled by init_weight / init_bias.
 
-def weight_init(key, shape, mode: str, fan_in: int, fan_out: int) -> jax.Array:
-  """A float32 array of `shape` drawn like the reference's `weight_init`."""
+def _draw(key, shape, normal: bool):
+  """Standard normal or U(-1, 1) float32 values of `shape`.
+
+  Drawn as a flat vector padded to a power of two, so that the compiled sampler is shared by every
+  layer (a network has dozens of distinct shapes, and an eager draw per new shape costs a
+  compilation). The same values come out eagerly and under tracing (jit / eval_shape).
+  """
+  n = int(np.prod(shape))
+  size = 1 << max(0, (n - 1).bit_length())
+  if normal:
+    flat = jax.random.normal(key, (size,), jnp.float32)
+  else:
+    flat = jax.random.uniform(key, (size,), jnp.float32, -1.0, 1.0)
+  if isinstance(flat, jax.core.Tracer):
+    return flat[:n].reshape(shape)
+  return np.asarray(flat)[:n].reshape(shape)  # host-side slicing: no per-shape compilation
+
+
+def weight_init(key, shape, mode: str, fan_in: int, fan_out: int, scale: float = 1.0):
+  """A float32 array of `shape` drawn like the reference's `weight_init`, times `scale`."""
   if mode == "xavier_uniform":
-    return np.sqrt(6 / (fan_in + fan_out)) * jax.random.uniform(key, shape, jnp.float32, -1, 1)
-  if mode == "xavier_normal":
-    return np.sqrt(2 / (fan_in + fan_out)) * jax.random.normal(key, shape, jnp.float32)
-  if mode == "kaiming_uniform":
-    return np.sqrt(3 / fan_in) * jax.random.uniform(key, shape, jnp.float32, -1, 1)
-  if mode == "kaiming_normal":
-    return np.sqrt(1 / fan_in) * jax.random.normal(key, shape, jnp.float32)
-  raise ValueError(f"invalid init mode {mode!r}")
+    std, normal = np.sqrt(6 / (fan_in + fan_out)), False
+  elif mode == "xavier_normal":
+    std, normal = np.sqrt(2 / (fan_in + fan_out)), True
+  elif mode == "kaiming_uniform":
+    std, normal = np.sqrt(3 / fan_in), False
+  elif mode == "kaiming_normal":
+    std, normal = np.sqrt(1 / fan_in), True
+  else:
+    raise ValueError(f"invalid init mode {mode!r}")
+  v = _draw(key, shape, normal) * np.float32(std * scale)
+  return jnp.asarray(v, jnp.float32)
 
 
 def _scaled_init(rngs, shape, mode, fan_in, fan_out, scale) -> jax.Array:
   if scale == 0:  # zero init: no random draw needed
-    return jnp.zeros(shape, jnp.float32)
-  return weight_init(rngs.params(), shape, mode, fan_in, fan_out) * scale
+    return jnp.asarray(np.zeros(shape, np.float32))
+  return weight_init(rngs.params(), shape, mode, fan_in, fan_out, scale)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,8 +200,8 @@ class GroupNorm(nnx.Module):
                eps: float = 1e-5):
     self.num_groups = group_count(num_channels, num_groups, min_channels_per_group)
     self.eps = eps
-    self.weight = nnx.Param(jnp.ones((num_channels,), jnp.float32))
-    self.bias = nnx.Param(jnp.zeros((num_channels,), jnp.float32))
+    self.weight = nnx.Param(jnp.asarray(np.ones((num_channels,), np.float32)))
+    self.bias = nnx.Param(jnp.asarray(np.zeros((num_channels,), np.float32)))
 
   def __call__(self, x):
     b, h, w, c = x.shape
@@ -237,13 +258,26 @@ def attention(q, k, v):
   return jnp.einsum("bhqk,bkhc->bqhc", w, v)
 
 
+def dropout_key(rngs):
+  """A fresh key of the 'dropout' stream; a clear error when training was called without one."""
+  if rngs is None:
+    raise ValueError("train=True with dropout needs rngs with a 'dropout' stream")
+  return rngs.dropout()
+
+
+def label_dropout(labels, rate: float, *, train: bool, rngs):
+  """Zeroes whole label vectors with probability `rate` (classifier-free guidance training)."""
+  if not train or rate == 0:
+    return labels
+  keep = jax.random.bernoulli(dropout_key(rngs), 1.0 - rate, (labels.shape[0], 1))
+  return labels * keep.astype(labels.dtype)
+
+
 def dropout(x, rate: float, *, train: bool, rngs):
   """Inverted dropout (kept values scaled by 1/(1-rate)), active only when training."""
   if not train or rate == 0:
     return x
-  if rngs is None:
-    raise ValueError("train=True with dropout needs rngs with a 'dropout' stream")
-  keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, x.shape)
+  keep = jax.random.bernoulli(dropout_key(rngs), 1.0 - rate, x.shape)
   return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from jaxdiff.errors import JaxdiffError
 from jaxdiff.nets.layers import (Conv2d, GroupNorm, Linear, UNetBlock, fourier_embedding,
-                                 fourier_frequencies, positional_embedding)
+                                 fourier_frequencies, label_dropout, positional_embedding)
 
 
 class SongUNet(nnx.Module):
@@ -135,9 +134,7 @@ class SongUNet(nnx.Module):
     if self.map_label is not None:
       labels = (jnp.zeros((emb.shape[0], self.label_dim), jnp.float32) if class_labels is None
                 else class_labels.astype(jnp.float32))
-      if train and self.label_dropout:
-        keep = jax.random.bernoulli(rngs.dropout(), 1.0 - self.label_dropout, (labels.shape[0], 1))
-        labels = labels * keep
+      labels = label_dropout(labels, self.label_dropout, train=train, rngs=rngs)
       emb = emb + self.map_label(labels * np.float32(np.sqrt(self.label_dim)))
     if self.map_augment is not None and augment_labels is not None:
       emb = emb + self.map_augment(augment_labels.astype(jnp.float32))
