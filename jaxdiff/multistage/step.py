@@ -1,0 +1,173 @@
+"""The multi-stage train step and optimizer.
+
+Stochastic mode (the reference): each step draws one stage with its probability mass under the
+training σ distribution, draws the whole batch's σ from that distribution restricted to the
+stage, and runs the shared parts plus that stage's decoder only. Decoders of other stages get no
+parameter change and no Adam moment/count update (their new values are replaced by the old ones,
+so the result does not depend on the optimizer leaving zero-gradient leaves alone).
+
+Stratified mode (for comparison): every step splits the batch into fixed per-stage shares, each
+with σ from its stage; the loss is Σ_k p_k · mean over share k — the same objective, lower
+variance, but every decoder runs and is updated every step.
+
+The optimizer from `make_multistage_optimizer` keeps a separate Adam state (moments and bias
+-correction count) per top-level part, as PyTorch's per-parameter Adam state in the reference
+does; the learning-rate ramp-up counts global steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxdiff import losses, precond as precond_lib
+from jaxdiff.errors import JaxdiffError
+from jaxdiff.multistage import stages
+from jaxdiff.train import ema as ema_lib
+from jaxdiff.train.optim import lr_schedule, sanitize_grads
+from jaxdiff.train.state import TrainState
+from jaxdiff.train.step import StepConfig
+
+MODES = ("stochastic", "stratified")
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiStageConfig:
+  boundaries: tuple          # σ stage boundaries (K - 1 increasing values)
+  probabilities: tuple       # each stage's probability mass under the loss's σ distribution
+  mode: str = "stochastic"
+  counts: tuple = ()         # stratified: examples per stage
+
+
+def multistage_config(cfg, loss, batch_size: int) -> MultiStageConfig:
+  boundaries = stages.check_boundaries(cfg.model.stage_boundaries)
+  k = len(boundaries) + 1
+  if len(cfg.model.decoder_channels) != k:
+    raise JaxdiffError(f"model.decoder_channels has {len(cfg.model.decoder_channels)} widths for "
+                       f"{k} stages; give one per stage")
+  ms = cfg.get("multistage", None)
+  mode = ms.get("mode", "stochastic") if ms is not None else "stochastic"
+  if mode not in MODES:
+    raise JaxdiffError(f"multistage.mode {mode!r}: use 'stochastic' or 'stratified'")
+  probs = stages.stage_probabilities(loss, boundaries)
+  counts = stages.stratified_counts(probs, batch_size) if mode == "stratified" else ()
+  return MultiStageConfig(boundaries, tuple(float(p) for p in probs), mode, counts)
+
+
+def multistage_denoiser(graphdef, params, precond, stage, *, train=False, dropout_key=None):
+  """D(x; σ) through the decoder of `stage` (int, or traced int32 scalar)."""
+  def net_fn(x_in, c_noise, class_labels=None, augment_labels=None):
+    net = nnx.merge(graphdef, params)
+    rngs = nnx.Rngs(dropout=dropout_key) if dropout_key is not None else None
+    return net(x_in, c_noise, class_labels, augment_labels, train=train, rngs=rngs, stage=stage)
+
+  def denoise(x, sigma, class_labels=None, augment_labels=None):
+    return precond_lib.denoise(precond, net_fn, x, sigma, class_labels=class_labels,
+                               augment_labels=augment_labels)
+  return denoise
+
+
+def _slice_cond(cond, a, b):
+  return {k: (None if v is None else v[a:b]) for k, v in cond.items()}
+
+
+def multistage_train_step(cfg: StepConfig, ms: MultiStageConfig, state: TrainState,
+                          batch: dict) -> tuple[TrainState, dict]:
+  key = jax.random.fold_in(state.rng, state.step)
+  stage_key, sigma_key, loss_key, dropout_key = jax.random.split(key, 4)
+  class_labels = (jax.nn.one_hot(batch["label"], cfg.label_dim) if cfg.label_dim else None)
+  cond = dict(class_labels=class_labels)
+  if "augment_labels" in batch:
+    cond["augment_labels"] = batch["augment_labels"]
+  y = batch["image"]
+  B = y.shape[0]
+
+  if ms.mode == "stochastic":
+    stage = stages.draw_stage(stage_key, ms.probabilities)
+    sigma = stages.sample_stage_sigma(cfg.loss, sigma_key, stage, ms.boundaries, (B,))
+
+    def loss_fn(params):
+      denoise = multistage_denoiser(cfg.graphdef, params, cfg.precond, stage, train=True,
+                                    dropout_key=dropout_key)
+      per_example = losses.denoising_loss(cfg.loss, denoise, loss_key, y, sigma=sigma, **cond)
+      return jnp.mean(per_example)
+  else:
+    stage = jnp.asarray(-1, jnp.int32)  # every decoder is used
+    edges = np.concatenate([[0], np.cumsum(ms.counts)])
+
+    def loss_fn(params):
+      total = 0.0
+      for k in range(len(ms.counts)):
+        a, b = int(edges[k]), int(edges[k + 1])
+        kkey = jax.random.fold_in(sigma_key, k)
+        sigma = stages.sample_stage_sigma(cfg.loss, kkey, k, ms.boundaries, (b - a,))
+        denoise = multistage_denoiser(cfg.graphdef, params, cfg.precond, k, train=True,
+                                      dropout_key=jax.random.fold_in(dropout_key, k))
+        per_example = losses.denoising_loss(cfg.loss, denoise, jax.random.fold_in(loss_key, k),
+                                            y[a:b], sigma=sigma, **_slice_cond(cond, a, b))
+        total = total + ms.probabilities[k] * jnp.mean(per_example)
+      return total
+
+  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+  grads = sanitize_grads(grads)
+  updates, opt_state = cfg.optimizer.update(grads, state.opt_state, state.params)
+  params = jax.tree.map(jnp.add, state.params, updates)
+  if ms.mode == "stochastic":
+    params = stages.keep_inactive_decoders(params, state.params, stage)
+    opt_state = stages.keep_inactive_decoders(opt_state, state.opt_state, stage)
+  # EMA over all parameters every step, as the reference (an idle decoder's EMA keeps converging).
+  beta = ema_lib.ema_beta(state.step * cfg.batch_size, cfg.batch_size, cfg.ema_halflife_images,
+                          cfg.ema_rampup_ratio)
+  ema = ema_lib.ema_update(state.ema, params, beta)
+  new_state = state.replace(step=state.step + 1, params=params, ema=ema, opt_state=opt_state)
+  grad_norm = jnp.sqrt(sum(jnp.sum(g.astype(jnp.float32) ** 2) for g in jax.tree.leaves(grads)))
+  return new_state, dict(loss=loss, grad_norm=grad_norm, grads_finite=finite, stage=stage)
+
+
+def make_multistage_train_step(cfg: StepConfig, config) -> Callable:
+  """Compiled (state, batch) -> (state, metrics) for a multi-stage `config` (the full config)."""
+  ms = multistage_config(config, cfg.loss, cfg.batch_size)
+  return jax.jit(lambda state, batch: multistage_train_step(cfg, ms, state, batch),
+                 donate_argnums=0)
+
+
+def _part_labels(params):
+  return jax.tree_util.tree_map_with_path(lambda path, _: str(path[0].key), params)
+
+
+def partitioned_adam(lr: float, batch_size: int, rampup_images: float, beta1=0.9, beta2=0.999,
+                     eps=1e-8) -> optax.GradientTransformation:
+  """Adam with one state (moments + bias-correction count) per top-level part of the parameter
+  tree, and the lr ramp-up on the global step count."""
+  schedule = lr_schedule(lr, batch_size, rampup_images)
+
+  def init(params):
+    parts = sorted(set(jax.tree.leaves(_part_labels(params))))
+    inner = optax.multi_transform({p: optax.scale_by_adam(beta1, beta2, eps) for p in parts},
+                                  _part_labels)
+    return inner.init(params), optax.scale_by_schedule(lambda c: -schedule(c)).init(params)
+
+  def update(updates, state, params=None):
+    parts = sorted(set(jax.tree.leaves(_part_labels(updates))))
+    inner = optax.multi_transform({p: optax.scale_by_adam(beta1, beta2, eps) for p in parts},
+                                  _part_labels)
+    outer = optax.scale_by_schedule(lambda c: -schedule(c))
+    updates, s0 = inner.update(updates, state[0], params)
+    updates, s1 = outer.update(updates, state[1], params)
+    return updates, (s0, s1)
+
+  return optax.GradientTransformation(init, update)
+
+
+def make_multistage_optimizer(cfg) -> optax.GradientTransformation:
+  """The optimizer for a multi-stage config (per-part Adam state; see `partitioned_adam`)."""
+  t = cfg.training
+  return partitioned_adam(t.lr, t.batch_size, t.lr_rampup_images, beta1=cfg.optimizer.beta1,
+                          beta2=cfg.optimizer.beta2, eps=cfg.optimizer.eps)
