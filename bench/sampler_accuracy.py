@@ -61,7 +61,7 @@ def run(args):
   nfes = [int(v) for v in args.nfe.split(",")]
   n = args.num
   sw_fn = jax.jit(sliced_w2)
-  out = {"num_samples": n, "distance": "sliced_w2", "projections": args.projections,
+  out = {"num_samples": n, "nfe_budgets": nfes, "distance": "sliced_w2", "projections": args.projections,
          "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0, "mixtures": {}}
   for name, g in mixtures().items():
     d = g.dim
@@ -103,18 +103,26 @@ def run(args):
 
 
 def table(out):
+  """Markdown tables: one row per NFE budget, one column per solver (Heun: its 2N − 1 ≤ budget)."""
+  budgets = out.get("nfe_budgets", [5, 6, 8, 10, 15, 20, 35, 50])
   lines = []
   for name, e in out["mixtures"].items():
     lines.append(f"\n{name} (d={e['dim']}, {e['components']} components), n={out['num_samples']}: "
                  f"noise floor {e['noise_floor']:.4f} ± {e['noise_floor_std']:.4f}, "
-                 f"Heun-256 {e['converged_heun256']:.4f}")
-    nfes = sorted({r["nfe"] for r in e["results"]})
-    lines.append("| solver | " + " | ".join(f"NFE {k}" for k in nfes) + " |")
-    lines.append("|---" * (len(nfes) + 1) + "|")
-    for solver in SOLVERS:
-      by = {r["nfe"]: r for r in e["results"] if r["solver"] == solver}
-      cells = [f"{by[k]['sliced_w2']:.4f}" if k in by else "" for k in nfes]
-      lines.append(f"| {solver} | " + " | ".join(cells) + " |")
+                 f"Heun-256 (same latents) {e['converged_heun256']:.4f}\n")
+    lines.append("| NFE budget | " + " | ".join(SOLVERS) + " |")
+    lines.append("|---" * (len(SOLVERS) + 1) + "|")
+    for b in budgets:
+      cells = []
+      for solver in SOLVERS:
+        N = steps_for(solver, b)
+        r = next((r for r in e["results"] if r["solver"] == solver and r["steps"] == N), None)
+        if r is None:
+          cells.append("")
+        else:
+          extra = f" ({r['nfe']})" if r["nfe"] != b else ""
+          cells.append(f"{r['sliced_w2']:.4f}{extra}")
+      lines.append(f"| {b} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
@@ -125,7 +133,12 @@ def main():
   p.add_argument("--nfe", default="5,6,8,10,15,20,35,50")
   p.add_argument("--projections", type=int, default=256)
   p.add_argument("--floor-reps", type=int, default=5)
+  p.add_argument("--table-from", metavar="FILE.json", help="only print the tables of a saved --json run")
   args = p.parse_args()
+  if args.table_from:
+    with open(args.table_from) as f:
+      print(table(json.load(f)))
+    return
   out = run(args)
   if args.json:
     print(json.dumps(out))
