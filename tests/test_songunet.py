@@ -216,3 +216,25 @@ def test_songunet_direct_construction_defaults_match_reference_signature():
   # reference defaults: channel_mult (1,2,2,2), 4 blocks, attention at 16
   assert net.enc_order[0] == "32x32_conv" and "4x4_block3" in net.enc_order
   assert net.enc["16x16_block0"].num_heads == 1
+
+
+def test_embedding_order_matches_numpy(ddpmpp_cond):
+  # SongUNet mapping: positional (endpoint) swapped to [sin, cos] + map_label(y * sqrt(label_dim))
+  # + map_augment(a) -> layer0 -> silu -> layer1 -> silu.
+  graphdef, params = ddpmpp_cond
+  net = nnx.merge(graphdef, _randomized(params, 6))
+  rng = np.random.default_rng(7)
+  c = np.array([0.7, -2.0])
+  y = np.eye(10)[[3, 5]]
+  a = rng.standard_normal((2, 9))
+  p = lambda m: {k: np.asarray(v[...], np.float64) for k, v in vars(m).items()  # noqa: E731
+                 if isinstance(v, nnx.Param)}
+  silu = lambda v: v / (1 + np.exp(-v))  # noqa: E731
+  freqs = (1 / 10000) ** (np.arange(8) / 7)  # 16 noise channels, endpoint: divide by 8 - 1
+  e = np.concatenate([np.sin(c[:, None] * freqs), np.cos(c[:, None] * freqs)], 1)
+  lab = p(net.map_label)
+  e = e + (y * np.sqrt(10)) @ lab["weight"] + lab["bias"] + a @ p(net.map_augment)["weight"]
+  l0, l1 = p(net.map_layer0), p(net.map_layer1)
+  e = silu(silu(e @ l0["weight"] + l0["bias"]) @ l1["weight"] + l1["bias"])
+  got = net.embed(jnp.asarray(c, jnp.float32), jnp.asarray(y, jnp.float32), jnp.asarray(a, jnp.float32))
+  np.testing.assert_allclose(got, e, rtol=1e-4, atol=1e-5)
