@@ -98,7 +98,11 @@ def test_checkpoint_round_trip(tmp_path, tiny_cfg):
   mngr.wait_until_finished()
   abstract = jax.eval_shape(lambda: state)
   back, meta = ckpt_lib.restore(mngr, abstract)
-  assert meta == {"step": 3}
+  assert meta["step"] == 3
+  # The recorded checksum is Σ|x| of params, EMA and Adam state, recomputed here with NumPy.
+  sums = [sum(float(np.abs(np.asarray(x, np.float64)).sum()) for x in jax.tree.leaves(t))
+          for t in (state.params, state.ema, state.opt_state)]
+  np.testing.assert_allclose(meta["checksum"], sums, rtol=1e-5)
   chex.assert_trees_all_equal(back, state)
 
 

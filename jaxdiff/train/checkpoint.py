@@ -88,20 +88,93 @@ def manager(workdir: str, keep: int = 2, async_save: bool = True) -> ocp.Checkpo
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CKPT_DIR)), options=options)
 
 
+def checksum(state) -> list[float]:
+  """Sums of |x| over params / EMA / optimizer state: recorded with each save and checked on
+  restore, so a checkpoint whose bytes changed after writing is never trained on."""
+  import jax
+  import jax.numpy as jnp
+
+  def total(tree):
+    leaves = [jnp.sum(jnp.abs(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.floating)]
+    return sum(leaves) if leaves else jnp.float32(0)
+  return [float(v) for v in jax.device_get([total(state.params), total(state.ema),
+                                            total(state.opt_state)])]
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
+  meta = dict(meta, checksum=checksum(state))
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                           meta=ocp.args.JsonSave(meta)))
 
 
-def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None):
-  """The state at `step` (default: latest), laid out like `abstract_state`; None if none exists."""
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    return None, None
-  try:
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-  except (ValueError, KeyError, TypeError) as e:
-    raise JaxdiffError(f"checkpoint {step} in {mngr.directory} does not fit this config's model "
-                       f"({' '.join(str(e).split())[:200]}); use a new --workdir") from None
-  return restored["state"], restored["meta"]
+def _restore_one(mngr, abstract_state, step):
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+  state, meta = restored["state"], restored["meta"]
+  if meta and "checksum" in meta:
+    import numpy as np
+    got = checksum(state)
+    if not np.allclose(got, meta["checksum"], rtol=1e-5, atol=1e-6):
+      raise ValueError(f"checksum {got} differs from the saved {meta['checksum']}")
+  return state, meta
+
+
+def _warn(msg: str) -> None:
+  import sys
+  print(f"jaxdiff: warning: {msg}", file=sys.stderr, flush=True)
+
+
+def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None,
+            quarantine: bool = False):
+  """The state at `step` (default: the newest readable one), laid out like `abstract_state`;
+  (None, None) if there is none.
+
+  Without a step, an unreadable or corrupt checkpoint is skipped with a warning and the one before
+  it is tried; with `quarantine` (the trainer) it is also moved to `checkpoints_corrupt/` so the
+  step can be written again. It is never loaded.
+  """
+  if step is not None:
+    steps = [step]
+  else:
+    steps = sorted(mngr.all_steps(), reverse=True)
+  failed = []
+  for s in steps:
+    try:
+      state, meta = _restore_one(mngr, abstract_state, s)
+    except Exception as e:  # orbax / tensorstore raise many types for missing or garbled files
+      reason = " ".join(str(e).split())[:200]
+      if step is not None or (len(steps) == 1 and _looks_like_mismatch(e)):
+        raise JaxdiffError(f"checkpoint {s} in {mngr.directory} cannot be read with this config's "
+                           f"model ({reason}); use a new --workdir") from None
+      _warn(f"checkpoint {s} in {mngr.directory} is partial or corrupt ({reason}); skipping it")
+      failed.append((s, reason))
+      continue
+    # Only once an older checkpoint has loaded: a config mismatch fails every step and moves none.
+    if quarantine:
+      for bad, _ in failed:
+        _quarantine(mngr, bad)
+    return state, meta
+  if failed:
+    raise JaxdiffError(f"no readable checkpoint in {mngr.directory} (newest: {failed[0][1]}); "
+                       "use a new --workdir, or the config it was trained with")
+  return None, None
+
+
+def _looks_like_mismatch(e: Exception) -> bool:
+  return isinstance(e, (KeyError, TypeError)) or "shape" in str(e).lower() or "tree" in str(e)
+
+
+def _quarantine(mngr, step: int) -> None:
+  import shutil
+  src = os.path.join(str(mngr.directory), str(step))
+  dst_dir = os.path.join(os.path.dirname(str(mngr.directory)), "checkpoints_corrupt")
+  os.makedirs(dst_dir, exist_ok=True)
+  dst = os.path.join(dst_dir, f"{step}")
+  n = 0
+  while os.path.exists(dst):
+    n += 1
+    dst = os.path.join(dst_dir, f"{step}.{n}")
+  if os.path.exists(src):
+    shutil.move(src, dst)
+  mngr.reload()

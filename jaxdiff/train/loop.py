@@ -1,9 +1,14 @@
-"""The training loop: resume, step, log, checkpoint, draw sample grids. Thin around the pure step."""
+"""The training loop: resume, step, log, checkpoint, draw sample grids. Thin around the pure step.
+
+The step is compiled over a device mesh (train.sharding): the same code runs on 1 device, N devices
+and N hosts. SIGTERM (preemption) saves a checkpoint at the current step and returns cleanly.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -12,12 +17,12 @@ import numpy as np
 
 from jaxdiff import build
 from jaxdiff.config import to_json
-from jaxdiff.data import batch_indices
 from jaxdiff.errors import JaxdiffError
 from jaxdiff.images import save_grid
 from jaxdiff.model import Model
 from jaxdiff.train import checkpoint as ckpt_lib
-from jaxdiff.train.state import init_state
+from jaxdiff.train import sharding as sharding_lib
+from jaxdiff.train.state import halflives, init_state
 from jaxdiff.train.step import StepConfig
 
 
@@ -25,32 +30,77 @@ def log(msg: str) -> None:
   print(msg, file=sys.stderr, flush=True)
 
 
+def make_step_config(cfg, graphdef, optimizer) -> StepConfig:
+  from jaxdiff.data.augment import make_augment
+  t = cfg.training
+  return StepConfig(graphdef=graphdef, precond=build.make_precond(cfg),
+                    loss=build.make_loss(cfg), optimizer=optimizer,
+                    label_dim=build.label_dim(cfg), batch_size=t.batch_size,
+                    ema_halflife_images=t.ema_halflife_images,
+                    ema_rampup_ratio=t.ema_rampup_ratio,
+                    grad_accum=int(t.get("grad_accum", 1)), augment=make_augment(cfg))
+
+
+class _Preemption:
+  """SIGTERM sets a flag the loop checks after each step (never interrupts a step or a save)."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = None
+
+  def __enter__(self):
+    if threading_main():
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def threading_main() -> bool:
+  import threading
+  return threading.current_thread() is threading.main_thread()
+
+
 def train(cfg, workdir: str) -> dict:
   """Trains `cfg` in `workdir`, resuming from its latest checkpoint. Returns a summary dict."""
   t = cfg.training
+  sharding_lib.maybe_initialize_distributed(t.get("distributed", "auto"))
   ckpt_lib.ensure_writable(workdir)
   ckpt_lib.check_or_write_config(workdir, to_json(cfg))
   source = build.make_source(cfg)
+  mesh = sharding_lib.make_mesh()
+  grad_accum = int(t.get("grad_accum", 1))
+  sharding_lib.check_batch(t.batch_size, grad_accum, mesh)
 
   graphdef, params = build.make_network(cfg, seed=t.seed)
   optimizer = build.make_optimizer(cfg)
-  step_cfg = StepConfig(graphdef=graphdef, precond=build.make_precond(cfg),
-                        loss=build.make_loss(cfg), optimizer=optimizer,
-                        label_dim=build.label_dim(cfg), batch_size=t.batch_size,
-                        ema_halflife_images=t.ema_halflife_images,
-                        ema_rampup_ratio=t.ema_rampup_ratio)
+  step_cfg = make_step_config(cfg, graphdef, optimizer)
+  num_emas = len(halflives(t.ema_halflife_images))
   mngr = ckpt_lib.manager(workdir, keep=t.keep_checkpoints)
-  abstract = jax.eval_shape(lambda: init_state(params, optimizer, t.seed))
-  state, _ = ckpt_lib.restore(mngr, abstract)
+  abstract = jax.eval_shape(lambda: init_state(params, optimizer, t.seed, num_emas))
+  state_sh = sharding_lib.state_sharding(abstract, mesh, fsdp=bool(t.get("fsdp", False)))
+  state, _ = ckpt_lib.restore(mngr, sharding_lib.with_sharding(abstract, state_sh),
+                              quarantine=jax.process_index() == 0)
   if state is None:
-    state = init_state(params, optimizer, t.seed)
+    state = jax.device_put(init_state(params, optimizer, t.seed, num_emas), state_sh)
     log(f"jaxdiff train: starting {workdir} from step 0")
   else:
     log(f"jaxdiff train: resuming {workdir} from step {int(state.step)}")
   del params
   start = int(state.step)
 
-  step_fn = build.make_step_fn(cfg, step_cfg)
+  batch_sh = sharding_lib.batch_sharding(mesh)
+  # build.make_step_fn picks the step (plain or multi-stage); re-jitting it with the mesh's
+  # shardings compiles it for this layout (the inner jit is inlined).
+  inner = build.make_step_fn(cfg, step_cfg)
+  step_fn = jax.jit(inner, donate_argnums=0, in_shardings=(state_sh, batch_sh),
+                    out_shardings=(state_sh, sharding_lib.replicated(mesh)))
+
   from tensorboardX import SummaryWriter
   writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
   from tqdm import tqdm
@@ -61,38 +111,51 @@ def train(cfg, workdir: str) -> dict:
   def save_samples(step):
     model = Model(cfg, graphdef, state.ema)
     images = model.sample(t.sample_grid, seed=0)
-    save_grid(images, os.path.join(workdir, f"samples_{step:07d}.png"))
-    save_grid(images, os.path.join(workdir, "samples_latest.png"))
+    if jax.process_index() == 0:
+      save_grid(images, os.path.join(workdir, f"samples_{step:07d}.png"))
+      save_grid(images, os.path.join(workdir, "samples_latest.png"))
 
+  from jaxdiff.data.prefetch import Prefetcher
+  batches = Prefetcher(source, start, t.steps, t.batch_size, t.seed, jax.process_index(),
+                       jax.process_count(), depth=int(cfg.data.get("prefetch", 2)))
   t0 = time.time()
   last_log, last_time, loss = start, t0, float("nan")
-  step = start
+  step, saved, preempted = start, start, False
   try:
-    while step < t.steps:
-      idx = batch_indices(step, t.batch_size, len(source), t.seed, jax.process_index(),
-                          jax.process_count())
-      images, labels = source.get(idx)
-      state, metrics = step_fn(state, {"image": images, "label": labels})
-      step += 1
-      bar.update(1)
-      if step % t.log_every == 0 or step == t.steps:
-        metrics = jax.device_get(metrics)
-        loss = float(metrics["loss"])
-        if not np.isfinite(loss):
-          raise JaxdiffError(f"loss is {loss} at step {step}; lower training.lr or check the data "
-                             f"(the last checkpoint in {workdir} is intact)")
-        now = time.time()
-        rate = (step - last_log) * t.batch_size / max(now - last_time, 1e-9)
-        last_log, last_time = step, now
-        writer.add_scalar("train/loss", loss, step)
-        writer.add_scalar("train/grad_norm", float(metrics["grad_norm"]), step)
-        writer.add_scalar("train/images_per_s", rate, step)
-        bar.set_postfix(loss=f"{loss:.4f}")
-      if step % t.checkpoint_every == 0 or step == t.steps:
-        ckpt_lib.save(mngr, step, state, {"step": step})
-      if t.sample_every and (step % t.sample_every == 0 or step == t.steps):
-        save_samples(step)
+    with _Preemption() as preemption:
+      while step < t.steps:
+        _, images, labels = next(batches)
+        batch = sharding_lib.global_batch({"image": images, "label": labels}, mesh)
+        state, metrics = step_fn(state, batch)
+        step += 1
+        bar.update(1)
+        if step % t.log_every == 0 or step == t.steps:
+          metrics = jax.device_get(metrics)
+          loss = float(metrics["loss"])
+          if not np.isfinite(loss):
+            raise JaxdiffError(f"loss is {loss} at step {step}; lower training.lr or check the "
+                               f"data (the last checkpoint in {workdir} is intact)")
+          now = time.time()
+          rate = (step - last_log) * t.batch_size / max(now - last_time, 1e-9)
+          last_log, last_time = step, now
+          writer.add_scalar("train/loss", loss, step)
+          writer.add_scalar("train/grad_norm", float(metrics["grad_norm"]), step)
+          writer.add_scalar("train/images_per_s", rate, step)
+          bar.set_postfix(loss=f"{loss:.4f}")
+        if step % t.checkpoint_every == 0 or step == t.steps:
+          ckpt_lib.save(mngr, step, state, {"step": step})
+          saved = step
+        if t.sample_every and (step % t.sample_every == 0 or step == t.steps):
+          save_samples(step)
+        if preemption.requested:
+          if saved != step:
+            ckpt_lib.save(mngr, step, state, {"step": step})
+          log(f"jaxdiff train: SIGTERM at step {step}; checkpoint saved, resume with the same "
+              "command")
+          preempted = True
+          break
   finally:
+    batches.close()
     bar.close()
     mngr.wait_until_finished()
     mngr.close()
@@ -100,9 +163,10 @@ def train(cfg, workdir: str) -> dict:
   elapsed = time.time() - t0
   summary = dict(steps=int(step), start_step=start, seconds=round(elapsed, 1),
                  images_per_s=round((step - start) * t.batch_size / max(elapsed, 1e-9), 1),
-                 final_loss=loss)
+                 final_loss=loss, devices=jax.device_count(), preempted=preempted)
   log(f"jaxdiff train: {step - start} steps in {elapsed:.1f} s "
       f"({summary['images_per_s']} img/s); workdir {workdir}")
-  with open(os.path.join(workdir, "train_summary.json"), "w") as f:
-    json.dump(summary, f)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "train_summary.json"), "w") as f:
+      json.dump(summary, f)
   return summary

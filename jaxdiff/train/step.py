@@ -12,7 +12,7 @@ from flax import nnx
 from jaxdiff import losses, precond as precond_lib
 from jaxdiff.train import ema as ema_lib
 from jaxdiff.train.optim import sanitize_grads
-from jaxdiff.train.state import TrainState
+from jaxdiff.train.state import TrainState, halflives
 
 
 def net_apply(graphdef, params, x, c_noise, class_labels=None, augment_labels=None, *,
@@ -44,38 +44,85 @@ class StepConfig:
   optimizer: Any
   label_dim: int
   batch_size: int              # global batch: EMA and lr ramp-up count images across all hosts
-  ema_halflife_images: float
+  ema_halflife_images: float | tuple   # several half-lives: one EMA each (the first is state.ema)
   ema_rampup_ratio: float | None
+  grad_accum: int = 1          # micro-batches per step; gradients are averaged over them
+  augment: Any = None          # data.augment.AugmentConfig, or None for no augmentation
+
+
+def _micro_batches(x, n: int):
+  """[B, ...] -> [n, B/n, ...] with micro-batch m = examples m, m+n, m+2n, ...: strided, so each
+  device of a batch-sharded mesh holds its own share of every micro-batch."""
+  return x.reshape((x.shape[0] // n, n) + x.shape[1:]).swapaxes(0, 1)
 
 
 def train_step(cfg: StepConfig, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
   """One optimizer step on `batch` = {image [B,H,W,C] float32 in [-1,1], label [B] int32}."""
   key = jax.random.fold_in(state.rng, state.step)
-  loss_key, dropout_key = jax.random.split(key)
-  class_labels = (jax.nn.one_hot(batch["label"], cfg.label_dim) if cfg.label_dim else None)
-  cond = dict(class_labels=class_labels)
-  if "augment_labels" in batch:
-    cond["augment_labels"] = batch["augment_labels"]
+  images, labels = batch["image"], batch["label"]
+  aug_labels = batch.get("augment_labels")
+  if cfg.augment is not None:
+    from jaxdiff.data import augment as augment_lib
+    # Its own stream, so turning augmentation on leaves the σ / noise / dropout draws unchanged.
+    images, aug_labels = augment_lib.augment(cfg.augment, jax.random.fold_in(key, 0x5EED), images)
+  class_labels = (jax.nn.one_hot(labels, cfg.label_dim) if cfg.label_dim else None)
 
-  def loss_fn(params):
+  def loss_fn(params, key, images, class_labels, aug_labels):
+    loss_key, dropout_key = jax.random.split(key)
+    cond = dict(class_labels=class_labels)
+    if aug_labels is not None:
+      cond["augment_labels"] = aug_labels
     denoise = make_denoiser(cfg.graphdef, params, cfg.precond, train=True,
                             dropout_key=dropout_key)
-    per_example = losses.denoising_loss(cfg.loss, denoise, loss_key, batch["image"], **cond)
+    per_example = losses.denoising_loss(cfg.loss, denoise, loss_key, images, **cond)
     return jnp.mean(per_example)
 
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  grad_fn = jax.value_and_grad(loss_fn)
+  n = cfg.grad_accum
+  if n == 1:
+    loss, grads = grad_fn(state.params, key, images, class_labels, aug_labels)
+  else:
+    if images.shape[0] % n:
+      raise ValueError(f"batch {images.shape[0]} is not divisible by grad_accum={n}")
+    micro = jax.tree.map(lambda x: None if x is None else _micro_batches(x, n),
+                         (images, class_labels, aug_labels))
+
+    def body(carry, inputs):
+      loss_sum, grad_sum = carry
+      m, (im, cl, al) = inputs
+      loss_m, grads_m = grad_fn(state.params, jax.random.fold_in(key, m), im, cl, al)
+      return (loss_sum + loss_m, jax.tree.map(jnp.add, grad_sum, grads_m)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (loss, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros),
+                                    (jnp.arange(n), micro))
+    loss, grads = loss / n, jax.tree.map(lambda g: g / n, grads)
+
   finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
   grads = sanitize_grads(grads)
   updates, opt_state = cfg.optimizer.update(grads, state.opt_state, state.params)
   params = jax.tree.map(jnp.add, state.params, updates)
-  beta = ema_lib.ema_beta(state.step * cfg.batch_size, cfg.batch_size, cfg.ema_halflife_images,
-                          cfg.ema_rampup_ratio)
-  ema = ema_lib.ema_update(state.ema, params, beta)
-  new_state = state.replace(step=state.step + 1, params=params, ema=ema, opt_state=opt_state)
+  emas = []
+  for halflife, ema in zip(halflives(cfg.ema_halflife_images), (state.ema,) + state.extra_emas):
+    beta = ema_lib.ema_beta(state.step * cfg.batch_size, cfg.batch_size, halflife,
+                            cfg.ema_rampup_ratio)
+    emas.append(ema_lib.ema_update(ema, params, beta))
+  new_state = state.replace(step=state.step + 1, params=params, ema=emas[0], opt_state=opt_state,
+                            extra_emas=tuple(emas[1:]))
   grad_norm = jnp.sqrt(sum(jnp.sum(g.astype(jnp.float32) ** 2) for g in jax.tree.leaves(grads)))
   return new_state, dict(loss=loss, grad_norm=grad_norm, grads_finite=finite)
 
 
-def make_train_step(cfg: StepConfig) -> Callable:
-  """Compiled step; the state buffers are donated so the update happens in place."""
-  return jax.jit(lambda state, batch: train_step(cfg, state, batch), donate_argnums=0)
+def make_train_step(cfg: StepConfig, state_sharding=None, batch_sharding=None) -> Callable:
+  """Compiled step; the state buffers are donated so the update happens in place.
+
+  With shardings (see train.sharding), the step is compiled for that layout: XLA inserts the
+  gradient all-reduce (data parallel) or the parameter all-gathers (FSDP) itself.
+  """
+  fn = lambda state, batch: train_step(cfg, state, batch)  # noqa: E731
+  if state_sharding is None:
+    return jax.jit(fn, donate_argnums=0)
+  from jax.sharding import NamedSharding, PartitionSpec
+  replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
+  return jax.jit(fn, donate_argnums=0, in_shardings=(state_sharding, batch_sharding),
+                 out_shardings=(state_sharding, replicated))
