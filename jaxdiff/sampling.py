@@ -9,6 +9,8 @@
   λ = −ln σ, second order from the previous step's D; first order on the first and last step).
 - "ipndm": improved PNDM (Zhang & Chen 2023): Adams–Bashforth on dx/dσ = (x − D)/σ with orders 1..4
   warm-started from the previous d's.
+- "unipc": UniPC-2 (Zhao et al. 2023; B(h) = expm1(−h), data prediction): the DPM-Solver++(2M)
+  predictor plus the UniC corrector, which reuses the next step's D, so NFE stays N.
 - "euler_ancestral": Euler to σ_down plus fresh noise σ_up (η = 1 by default).
 
 The grid and every per-step coefficient are computed on the host in float64 from Python numbers
@@ -30,7 +32,7 @@ import numpy as np
 from jaxdiff import schedules
 from jaxdiff.errors import JaxdiffError
 
-SOLVERS = ("euler", "heun", "euler_ancestral", "dpmpp_2m", "ipndm")
+SOLVERS = ("euler", "heun", "euler_ancestral", "dpmpp_2m", "ipndm", "unipc")
 _ABLATION_SOLVERS = ("euler", "heun")
 
 
@@ -178,7 +180,8 @@ def sample(denoise: Callable, latents, solver: str = "heun", num_steps: int = 18
     return _edm_sampler(denoise, latents, grid, solver == "heun", alpha, int(num_steps),
                         s_churn, s_min, s_max, s_noise, key, round_sigma)
   sig = grid.t_steps  # linear schedule: t = σ
-  fn = {"euler_ancestral": _euler_ancestral, "dpmpp_2m": _dpmpp_2m, "ipndm": _ipndm}[solver]
+  fn = {"euler_ancestral": _euler_ancestral, "dpmpp_2m": _dpmpp_2m, "ipndm": _ipndm,
+        "unipc": _unipc}[solver]
   if solver == "euler_ancestral":
     return fn(denoise, latents, sig, s_noise, eta, key)
   return fn(denoise, latents, sig)
@@ -322,3 +325,71 @@ def _ipndm(denoise, latents, sig, max_order: int = 4):
   x0 = latents * sg[0]
   z = jnp.zeros_like(x0)
   return jax.lax.fori_loop(0, N, body, (x0, z, z, z))[0]
+
+
+def _unipc_coefficients(sig):
+  """Per-step coefficients of UniPC-2 (bh2) on a grid ending at σ_N = 0, in float64.
+
+  Predictor i → i+1 (order 2 from i = 1 on, order 1 on the first and the last step):
+    x_{i+1} = a_i·x^c_i + p0_i·D_i + p1_i·D_{i−1}
+  Corrector (UniC, same order + 1) once D_{i+1} = D(x_{i+1}) is known:
+    x^c_{i+1} = a_i·x^c_i + q0_i·D_i + q1_i·D_{i−1} + q2_i·D_{i+1}
+  with λ = −ln σ, h = λ_{i+1} − λ_i, φ = expm1(−h) = B(h), r = (λ_{i−1} − λ_i)/h, and the
+  corrector weights ρ solving [[1, 1], [r, 1]]·ρ = [b_1, b_2] (b_k from the φ_k recursion).
+  """
+  N = len(sig) - 1
+  a, p0, p1, q0, q1, q2 = (np.zeros(N) for _ in range(6))
+  lam = -np.log(sig[:-1])
+  for i in range(N):
+    a[i] = sig[i + 1] / sig[i]
+    if sig[i + 1] == 0:  # last step: x = D_i, no corrector
+      p0[i] = 1.0
+      continue
+    h = lam[i + 1] - lam[i]  # σ_{i+1} > 0 here, so λ_{i+1} is finite
+    hh = -h
+    phi1 = np.expm1(hh)
+    B = phi1
+    order = 1 if i == 0 else 2
+    # x_t_ = a·x − φ1·D_i
+    p0[i] = q0[i] = -phi1
+    if order == 1:
+      rho_c = [0.5]  # corrector: − B·0.5·(D_{i+1} − D_i)
+      q0[i] += B * rho_c[0]
+      q2[i] = -B * rho_c[0]
+      continue
+    r = (lam[i - 1] - lam[i]) / h
+    # predictor: − B·0.5·(D_{i−1} − D_i)/r
+    p0[i] += B * 0.5 / r
+    p1[i] = -B * 0.5 / r
+    hp1 = phi1 / hh - 1
+    hp2 = hp1 / hh - 0.5
+    b = np.array([hp1 / B, hp2 * 2 / B])
+    rho = np.linalg.solve(np.array([[1.0, 1.0], [r, 1.0]]), b)
+    # corrector: − B·(ρ0·(D_{i−1} − D_i)/r + ρ1·(D_{i+1} − D_i))
+    q0[i] += B * (rho[0] / r + rho[1])
+    q1[i] = -B * rho[0] / r
+    q2[i] = -B * rho[1]
+  return a, p0, p1, q0, q1, q2
+
+
+def _unipc(denoise, latents, sig):
+  """UniPC-2 with the UniC corrector; see `_unipc_coefficients`. NFE = N."""
+  dtype = latents.dtype
+  N = len(sig) - 1
+  a, p0, p1, q0, q1, q2 = (_const(v, dtype) for v in _unipc_coefficients(sig))
+  sg = _const(sig[:-1], dtype)
+  den = _denoiser(denoise, latents)
+
+  def body(i, carry):
+    # x_c: corrected x_{i−1}; x: predicted x_i; D1 = D_{i−1}, D2 = D_{i−2}.
+    x_c, x, D1, D2 = carry
+    D = den(x, sg[i])
+    j = jnp.maximum(i - 1, 0)  # the step that produced x_i; nothing to correct at i = 0
+    corrected = a[j] * x_c + q0[j] * D1 + q1[j] * D2 + q2[j] * D
+    x_c = jnp.where(i == 0, x, corrected)
+    x_next = a[i] * x_c + p0[i] * D + p1[i] * D1
+    return x_c, x_next, D, D1
+
+  x0 = latents * sg[0]
+  z = jnp.zeros_like(x0)
+  return jax.lax.fori_loop(0, N, body, (x0, x0, z, z))[1]

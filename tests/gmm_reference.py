@@ -162,3 +162,46 @@ def euler_ancestral(D, latents, sigmas, noise):
     if up > 0:
       x = x + noise[i] * up
   return x
+
+
+def unipc(D, latents, sigmas, order=2):
+  """UniPC (Zhao et al. 2023), multistep, data prediction, B(h) = e^{−h} − 1 ("bh2"), written as
+  in the paper's Algorithm: predictor UniP-p, then (except on the last step) corrector UniC with
+  the model output at the new point; order 1 on the first step and on the step to σ = 0."""
+  lam = lambda s: -np.log(s)
+  x = np.asarray(latents, np.float64) * sigmas[0]
+  Ds, ls = [D(x, sigmas[0])], [lam(sigmas[0])]
+  for i in range(len(sigmas) - 1):
+    s, t = sigmas[i], sigmas[i + 1]
+    if t == 0:
+      return Ds[-1]
+    p = min(order, len(Ds))
+    h = lam(t) - ls[-1]
+    hh = -h
+    phi1 = np.expm1(hh)
+    B = np.expm1(hh)
+    rks, D1s = [], []
+    for k in range(1, p):
+      rk = (ls[-1 - k] - ls[-1]) / h
+      rks.append(rk)
+      D1s.append((Ds[-1 - k] - Ds[-1]) / rk)
+    rks.append(1.0)
+    rks = np.array(rks)
+    R, b, hphik, fact = [], [], phi1 / hh - 1, 1
+    for k in range(1, p + 1):
+      R.append(rks ** (k - 1))
+      b.append(hphik * fact / B)
+      fact *= k + 1
+      hphik = hphik / hh - 1 / fact
+    R, b = np.array(R), np.array(b)
+    x_t_ = t / s * x - phi1 * Ds[-1]
+    x_pred = x_t_
+    if p == 2:
+      x_pred = x_t_ - B * 0.5 * D1s[0]
+    D_new = D(x_pred, t)
+    rho_c = np.array([0.5]) if p == 1 else np.linalg.solve(R, b)
+    corr = sum(rc * d1 for rc, d1 in zip(rho_c[:-1], D1s)) + rho_c[-1] * (D_new - Ds[-1])
+    x = x_t_ - B * corr
+    Ds.append(D_new)
+    ls.append(lam(t))
+  return x
