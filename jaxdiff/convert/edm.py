@@ -134,7 +134,7 @@ def import_state_dict(net, state_dict: Mapping[str, np.ndarray]) -> nnx.State:
   disagree with the network (resampling filter, Fourier frequencies).
   """
   prefix = _prefix(state_dict)
-  names = {k[len(prefix):]: k for k in state_dict if k.startswith(prefix)}
+  names = {k[len(prefix):]: k for k in state_dict if k.startswith(prefix) and k not in IGNORED_KEYS}
   foreign = sorted(k for k in state_dict if not k.startswith(prefix) and k not in IGNORED_KEYS)
   expected = _flat_params(net)
   buffers = _buffers(net)
