@@ -12,6 +12,7 @@ def get_config():
   c.data.channels = 1
   c.data.num_classes = 10         # 0 = unconditional
   c.data.xflip = False            # digits are not mirror-symmetric
+  c.data.augment_p = 0.0          # non-leaky augmentation probability; > 0 needs model.augment_dim=9
 
   c.model = ml_collections.ConfigDict()
   c.model.arch = "unet"
@@ -21,7 +22,7 @@ def get_config():
   c.model.attn_resolutions = (4,)
   c.model.dropout = 0.1
   c.model.label_dropout = 0.0
-  c.model.dtype = "float32"
+  c.model.dtype = "float32"       # "bfloat16": bf16 compute, fp32 params / loss / optimizer / EMA
 
   c.precond = ml_collections.ConfigDict()
   c.precond.name = "edm"          # edm | vp | ve | iddpm
@@ -42,6 +43,7 @@ def get_config():
   c.sampler.s_min = 0.0
   c.sampler.s_max = float("inf")
   c.sampler.s_noise = 1.0
+  c.sampler.guidance = 1.0         # classifier-free guidance weight (1 = none; needs label_dropout)
 
   c.training = ml_collections.ConfigDict()
   c.training.steps = 3000
@@ -56,6 +58,9 @@ def get_config():
   c.training.sample_every = 1000
   c.training.sample_grid = 100     # images in the PNG grids written while training
   c.training.seed = 0
+  c.training.grad_accum = 1        # micro-batches per step
+  c.training.fsdp = False          # shard params / optimizer state over devices (else replicate)
+  c.training.distributed = "auto"  # jax.distributed.initialize(): True / False / "auto" (env vars)
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.beta1 = 0.9

@@ -13,7 +13,7 @@ from jaxdiff.config import from_json
 from jaxdiff.errors import JaxdiffError
 from jaxdiff.images import to_uint8
 from jaxdiff.train import checkpoint as ckpt_lib
-from jaxdiff.train.state import init_state
+from jaxdiff.train.state import halflives, init_state
 from jaxdiff.train.step import make_denoiser
 
 
@@ -24,8 +24,14 @@ def sample_keys(seed: int, start: int, count: int) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=16)
-def make_sample_fn(graphdef, precond, label_dim: int, shape: tuple, sampler_items: tuple):
-  """Compiled (params, keys[B], labels[B]) -> images in [-1, 1]; one compile per (settings, shape)."""
+def make_sample_fn(graphdef, precond, label_dim: int, shape: tuple, sampler_items: tuple,
+                   guidance: float = 1.0):
+  """Compiled (params, keys[B], labels[B]) -> images in [-1, 1]; one compile per (settings, shape).
+
+  guidance w != 1 (class-conditional models): classifier-free guidance,
+  D = D(x; σ, ∅) + w·(D(x; σ, c) − D(x; σ, ∅)), with ∅ the all-zero one-hot that label dropout
+  trains on; both evaluations run as one doubled batch.
+  """
   kwargs = dict(sampler_items)
 
   def fn(params, keys, labels):
@@ -33,8 +39,16 @@ def make_sample_fn(graphdef, precond, label_dim: int, shape: tuple, sampler_item
     noise_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
     class_labels = jax.nn.one_hot(labels, label_dim) if label_dim else None
     denoise = make_denoiser(graphdef, params, precond)
-    return sampling.sample(lambda x, sigma: denoise(x, sigma, class_labels=class_labels),
-                           latents, key=noise_keys, **kwargs)
+    if guidance == 1.0 or not label_dim:
+      guided = lambda x, sigma: denoise(x, sigma, class_labels=class_labels)  # noqa: E731
+    else:
+      both = jnp.concatenate([class_labels, jnp.zeros_like(class_labels)])
+
+      def guided(x, sigma):
+        d = denoise(jnp.concatenate([x, x]), jnp.concatenate([sigma, sigma]), class_labels=both)
+        d_cond, d_uncond = jnp.split(d, 2)
+        return d_uncond + guidance * (d_cond - d_uncond)
+    return sampling.sample(guided, latents, key=noise_keys, **kwargs)
   return jax.jit(fn)
 
 
@@ -78,19 +92,24 @@ class Model:
         np.int32)
 
   def sample(self, num: int, seed: int = 0, label: int | None = None, solver: str | None = None,
-             steps: int | None = None, batch_size: int = 256, progress: bool = False):
-    """uint8 [num, H, W, C] (and the labels used, via `sample_with_labels`)."""
-    return self.sample_with_labels(num, seed, label, solver, steps, batch_size, progress)[0]
+             steps: int | None = None, batch_size: int = 256, progress: bool = False,
+             guidance: float | None = None):
+    """uint8 [num, H, W, C] (and the labels used, via `sample_with_labels`); guidance defaults to
+    sampler.guidance."""
+    return self.sample_with_labels(num, seed, label, solver, steps, batch_size, progress,
+                                   guidance)[0]
 
   def sample_with_labels(self, num, seed=0, label=None, solver=None, steps=None, batch_size=256,
-                         progress=False):
+                         progress=False, guidance: float | None = None):
     if num < 1:
       raise JaxdiffError(f"--num must be at least 1 (got {num})")
     kwargs = build.sampler_kwargs(self.cfg, solver, steps)
     labels = self.labels_for(num, label)
     batch = min(batch_size, num)
+    if guidance is None:
+      guidance = float(self.cfg.sampler.get("guidance", 1.0))
     fn = make_sample_fn(self.graphdef, self.precond, self.label_dim, self.shape,
-                        tuple(sorted(kwargs.items())))
+                        tuple(sorted(kwargs.items())), float(guidance))
     out = []
     starts = range(0, num, batch)
     if progress:
@@ -115,7 +134,8 @@ def load(workdir: str, ema: bool = True, step: int | None = None) -> Model:
   cfg = from_json(__import__("json").dumps(ckpt_lib.read_config_dict(workdir)))
   graphdef, abstract_params = build.abstract_network(cfg)
   optimizer = build.make_optimizer(cfg)
-  abstract = jax.eval_shape(lambda p: init_state(p, optimizer, 0), abstract_params)
+  num_emas = len(halflives(cfg.training.ema_halflife_images))
+  abstract = jax.eval_shape(lambda p: init_state(p, optimizer, 0, num_emas), abstract_params)
   mngr = ckpt_lib.manager(workdir, async_save=False)
   state, _ = ckpt_lib.restore(mngr, abstract, step)
   mngr.close()

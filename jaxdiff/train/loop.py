@@ -120,7 +120,7 @@ def train(cfg, workdir: str) -> dict:
                        jax.process_count(), depth=int(cfg.data.get("prefetch", 2)))
   t0 = time.time()
   last_log, last_time, loss = start, t0, float("nan")
-  step, saved, preempted = start, start, False
+  step, saved, preempted, history = start, start, False, []
   try:
     with _Preemption() as preemption:
       while step < t.steps:
@@ -142,6 +142,7 @@ def train(cfg, workdir: str) -> dict:
           writer.add_scalar("train/grad_norm", float(metrics["grad_norm"]), step)
           writer.add_scalar("train/images_per_s", rate, step)
           bar.set_postfix(loss=f"{loss:.4f}")
+          history.append((step, loss))
         if step % t.checkpoint_every == 0 or step == t.steps:
           ckpt_lib.save(mngr, step, state, {"step": step})
           saved = step
@@ -163,7 +164,8 @@ def train(cfg, workdir: str) -> dict:
   elapsed = time.time() - t0
   summary = dict(steps=int(step), start_step=start, seconds=round(elapsed, 1),
                  images_per_s=round((step - start) * t.batch_size / max(elapsed, 1e-9), 1),
-                 final_loss=loss, devices=jax.device_count(), preempted=preempted)
+                 final_loss=loss, devices=jax.device_count(), preempted=preempted,
+                 loss_history=history)
   log(f"jaxdiff train: {step - start} steps in {elapsed:.1f} s "
       f"({summary['images_per_s']} img/s); workdir {workdir}")
   if jax.process_index() == 0:

@@ -39,7 +39,12 @@ def maybe_initialize_distributed(flag=None) -> None:
   if _initialized or not wants_distributed(flag):
     return
   try:
-    jax.distributed.initialize()  # reads coordinator / process id / count from the environment
+    # Explicit env vars (our GPU launcher) win; otherwise JAX detects Cloud TPU / Slurm / MPI.
+    kw = {}
+    if "JAX_NUM_PROCESSES" in os.environ and "JAX_PROCESS_ID" in os.environ:
+      kw = dict(num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                process_id=int(os.environ["JAX_PROCESS_ID"]))
+    jax.distributed.initialize(**kw)
   except (RuntimeError, ValueError) as e:
     raise JaxdiffError(f"multi-host start failed ({' '.join(str(e).split())[:160]}); set "
                        "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, or "
