@@ -166,6 +166,7 @@ def test_load_state_dict_from_torch_pt(tmp_path):
   np.testing.assert_array_equal(got["model.a.weight"], sd["model.a.weight"].numpy())
 
 
+@pytest.mark.slow  # end to end: builds, converts, checkpoints and reloads a network
 def test_convert_cli_writes_a_checkpoint_that_load_uses(tmp_path):
   from jaxdiff import load
   from jaxdiff.cli import main

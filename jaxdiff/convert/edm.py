@@ -175,5 +175,5 @@ def import_state_dict(net, state_dict: Mapping[str, np.ndarray]) -> nnx.State:
     for p in parents:
       node = node.setdefault(p, {})
     node[leaf] = np.ascontiguousarray(_from_reference(np.asarray(state_dict[names[n]], np.float32)))
-  params.replace_by_pure_dict(pure)
+  nnx.replace_by_pure_dict(params, pure)
   return params
