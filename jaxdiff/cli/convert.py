@@ -46,7 +46,7 @@ def run(args, extra):
   from jaxdiff.convert import edm
   from jaxdiff.nets.layers import count_params
   from jaxdiff.train import checkpoint as ckpt_lib
-  from jaxdiff.train.state import init_state
+  from jaxdiff.train.state import halflives, init_state
 
   cfg = load_config(args.config, extra)
   ckpt_lib.ensure_writable(args.workdir)
@@ -62,7 +62,9 @@ def run(args, extra):
                        "--workdir")
   ckpt_lib.check_or_write_config(args.workdir, to_json(cfg))
   optimizer = build.make_optimizer(cfg)
-  state = init_state(params, optimizer, int(cfg.training.seed))
+  # every EMA the config keeps (one per half-life) starts from the imported weights
+  num_emas = len(halflives(cfg.training.ema_halflife_images))
+  state = init_state(params, optimizer, int(cfg.training.seed), num_emas)
   ckpt_lib.save(mngr, 0, state, {"step": 0, "converted_from": str(args.src)})
   mngr.wait_until_finished()
   mngr.close()
