@@ -1,0 +1,37 @@
+"""The main job end to end, as the README runs it: train digits, sample 1000, judge the samples
+with a classifier that knows nothing of jaxdiff (an SVC fitted on the real digits)."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import DIGITS, ROOT, run_cli
+
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from digits_quality import real_digits_classifier, sample_accuracy  # noqa: E402
+
+
+@pytest.mark.slow
+def test_digits_train_sample_quality(tmp_path):
+  workdir = tmp_path / "digits"
+  code, out, err = run_cli("train", "--config", DIGITS, "--workdir", str(workdir), "--json")
+  assert code == 0, err[-2000:]
+  summary = json.loads(out)
+  assert summary["steps"] > 0 and np.isfinite(summary["final_loss"])
+  assert (workdir / "samples_latest.png").stat().st_size > 0
+  assert any((workdir / "tensorboard").iterdir())
+
+  samples = tmp_path / "s.npz"
+  code, _, err = run_cli("sample", "--workdir", str(workdir), "--num", "1000", "--out",
+                         str(samples), "--grid", str(tmp_path / "s.png"))
+  assert code == 0, err[-2000:]
+  data = np.load(samples)
+  assert data["images"].shape == (1000, 8, 8, 1)
+  clf, real_acc = real_digits_classifier()
+  acc = sample_accuracy(data["images"], data["labels"], clf)
+  print(f"digits: train {summary['seconds']} s, sample accuracy {acc:.3f}, real {real_acc:.3f}")
+  assert real_acc > 0.95
+  assert acc >= 0.90
