@@ -55,9 +55,9 @@ def similarity_curves(eps_star, eta: float, lo: int = 0, hi: int | None = None):
 
 
 def _split_three(s_lo, s_hi, alpha, lo, hi):
-  """Grid indices (i1, i2), lo ≤ i1 < i2 ≤ hi, by Algorithm 1 on the grid points lo..hi."""
+  """(last grid index of the first stage, first grid index of the last stage) on lo..hi."""
   n = hi - lo + 1
-  run_lo = np.cumsum(s_lo[lo:hi + 1]) / np.arange(1, n + 1)          # mean over [lo, τ]
+  run_lo = np.cumsum(s_lo[lo:hi + 1]) / np.arange(1, n + 1)                 # mean over [lo, τ]
   run_hi = (np.cumsum(s_hi[lo:hi + 1][::-1]) / np.arange(1, n + 1))[::-1]  # mean over [τ, hi]
   # "Stays ≥ α": the longest prefix (suffix) on which the running mean never dips below α.
   bad_lo = np.nonzero(run_lo < alpha)[0]
@@ -66,7 +66,8 @@ def _split_three(s_lo, s_hi, alpha, lo, hi):
   i2 = lo + (bad_hi[-1] + 1 if bad_hi.size else 0)
   i1, i2 = max(i1, lo), min(i2, hi)
   if i2 <= i1:  # the two end stages overlap: meet where the similarities cross
-    i1 = i2 = _crossing(s_lo, s_hi, lo, hi)
+    i1 = _crossing(s_lo, s_hi, lo, hi)
+    i2 = i1 + 1
   return i1, i2
 
 
@@ -82,13 +83,16 @@ def boundaries_from_similarity(sigmas, eps_star, num_stages: int, alpha: float, 
   sigmas = np.asarray(sigmas, np.float64)
 
   def split(lo, hi, k):
+    """k − 1 grid indices in lo..hi, each the last point of the stage below a boundary."""
     if k == 1:
       return []
+    if hi <= lo:
+      return [lo] * (k - 1)  # spread apart below
     s_lo, s_hi = similarity_curves(eps_star, eta, lo, hi)
     if k == 2:
       return [_crossing(s_lo, s_hi, lo, hi)]
     i1, i2 = _split_three(s_lo, s_hi, alpha, lo, hi)
-    return [i1] + split(i1, i2, k - 2) + [i2]
+    return [i1] + split(i1 + 1, i2 - 1, k - 2) + [i2 - 1]
 
   idx = split(0, len(sigmas) - 1, num_stages)
   # A boundary at grid index i sits between i and i + 1 (geometric mean): strictly increasing.
