@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from jaxdiff import exact, sampling  # noqa: E402
 
-SOLVERS = ("euler", "heun", "dpmpp_2m", "ipndm", "euler_ancestral")
+SOLVERS = ("euler", "heun", "dpmpp_2m", "unipc", "ipndm", "euler_ancestral")
 
 
 def log(*a):
@@ -82,7 +82,7 @@ def run(args):
              "converged_heun256": float(sw_fn(ref, true, dirs)), "results": []}
     log(f"{name}: floor {entry['noise_floor']:.5f} ± {entry['noise_floor_std']:.5f}, "
         f"heun-256 {entry['converged_heun256']:.5f}")
-    for solver in SOLVERS:
+    for solver in args.solvers.split(","):
       seen = set()
       for budget in nfes:
         N = steps_for(solver, budget)
@@ -131,13 +131,20 @@ def main():
   p.add_argument("--json", action="store_true")
   p.add_argument("--num", type=int, default=20000, help="samples per set")
   p.add_argument("--nfe", default="5,6,8,10,15,20,35,50")
+  p.add_argument("--solvers", default=",".join(SOLVERS))
   p.add_argument("--projections", type=int, default=256)
   p.add_argument("--floor-reps", type=int, default=5)
-  p.add_argument("--table-from", metavar="FILE.json", help="only print the tables of a saved --json run")
+  p.add_argument("--table-from", metavar="FILE.json", help="only print the tables of saved --json runs (comma-separated, merged)")
   args = p.parse_args()
   if args.table_from:
-    with open(args.table_from) as f:
-      print(table(json.load(f)))
+    runs = []
+    for path in args.table_from.split(","):
+      with open(path) as f:
+        runs.append(json.load(f))
+    for extra in runs[1:]:  # merge rows of runs with other solvers on the same mixtures
+      for name, e in extra["mixtures"].items():
+        runs[0]["mixtures"][name]["results"] += e["results"]
+    print(table(runs[0]))
     return
   out = run(args)
   if args.json:
