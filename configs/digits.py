@@ -21,7 +21,8 @@ def get_config():
   c.model.num_blocks = 2
   c.model.attn_resolutions = (4,)
   c.model.dropout = 0.1
-  c.model.label_dropout = 0.0
+  c.model.label_dropout = 0.0     # > 0 trains the null label that classifier-free guidance needs
+  c.model.augment_dim = 0         # 9 with data.augment_p > 0 (the augmentation labels)
   c.model.dtype = "float32"       # "bfloat16": bf16 compute, fp32 params / loss / optimizer / EMA
 
   c.precond = ml_collections.ConfigDict()

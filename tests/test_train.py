@@ -1,3 +1,5 @@
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -129,3 +131,116 @@ def test_other_config_refused_and_nothing_deleted(tmp_path):
   with pytest.raises(JaxdiffError, match="model.model_channels"):
     train(other, str(tmp_path))
   assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def _sgd_step_cfg(cfg, **kw):
+  """A StepConfig whose optimizer is plain SGD with lr 1: params_new = params − grads."""
+  import optax
+  from jaxdiff.train.step import StepConfig
+  graphdef, params = build.make_network(cfg)
+  sc = StepConfig(graphdef, build.make_precond(cfg), build.make_loss(cfg), optax.sgd(1.0), 10, 16,
+                  cfg.training.ema_halflife_images, None, **kw)
+  return sc, params
+
+
+def test_grad_accum_and_several_emas(tiny_cfg):
+  from jaxdiff import losses
+  from jaxdiff.train.step import make_denoiser, make_train_step
+  halflives = (1000.0, 40.0)
+  sc, params = _sgd_step_cfg(tiny_cfg, grad_accum=2)
+  sc = sc.__class__(**{**sc.__dict__, "ema_halflife_images": halflives})
+  state = init_state(params, sc.optimizer, 5, num_emas=2)
+  images, labels = build.make_source(tiny_cfg).get(np.arange(16))
+  step = make_train_step(sc)
+  p0 = jax.device_get(state.params)
+  state1, m1 = step(state, {"image": images, "label": labels})
+  p1 = jax.device_get(state1.params)
+  state2, _ = step(state1, {"image": images, "label": labels})
+  p2 = jax.device_get(state2.params)
+
+  # Gradient accumulation: the mean of the gradients of micro-batches m = examples m, m+2, ...,
+  # each with key fold_in(step key, m), recomputed here without the step's scan.
+  key = jax.random.fold_in(jax.random.PRNGKey(5), 0)
+
+  @functools.partial(jax.jit, static_argnums=1)
+  def micro_grad(params, m):
+    k = jax.random.fold_in(key, m)
+    loss_key, dropout_key = jax.random.split(k)
+    sel = np.arange(m, 16, 2)
+    def loss(p):
+      d = make_denoiser(sc.graphdef, p, sc.precond, train=True, dropout_key=dropout_key)
+      return jnp.mean(losses.denoising_loss(sc.loss, d, loss_key, images[sel],
+                                            class_labels=jax.nn.one_hot(labels[sel], 10)))
+    return jax.value_and_grad(loss)(params)
+
+  (l0, g0), (l1, g1) = micro_grad(p0, 0), micro_grad(p0, 1)
+  np.testing.assert_allclose(float(m1["loss"]), (float(l0) + float(l1)) / 2, rtol=1e-5)
+  expected = jax.tree.map(lambda p, a, b: p - (a + b) / 2, p0, g0, g1)
+  for got, want in zip(jax.tree.leaves(p1), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+  # Two EMAs, no ramp-up: e1 = p1 + (p0 − p1)·β, e2 = p2 + (e1 − p2)·β, β = 0.5^(16 / h).
+  emas = (state2.ema,) + state2.extra_emas
+  assert len(emas) == 2
+  for h, ema in zip(halflives, emas):
+    beta = 0.5 ** (16 / h)
+    for e, a, b, c in zip(jax.tree.leaves(ema), jax.tree.leaves(p0), jax.tree.leaves(p1),
+                          jax.tree.leaves(p2)):
+      e1 = np.float64(b) + (np.float64(a) - b) * beta
+      np.testing.assert_allclose(e, np.float64(c) + (e1 - c) * beta, rtol=1e-5, atol=1e-7)
+
+
+def test_bf16_compute_keeps_fp32_islands(tiny_cfg):
+  from jaxdiff import losses
+  from jaxdiff.train.step import make_denoiser, make_train_step, net_apply
+  bf_cfg = load_config(DIGITS, TINY + ["--config.model.dtype=bfloat16"])
+  sc32, p32 = _sgd_step_cfg(tiny_cfg)
+  sc16, p16 = _sgd_step_cfg(bf_cfg)
+  chex.assert_trees_all_equal(p32, p16)                 # params stay fp32 (param_dtype)
+  images, labels = build.make_source(tiny_cfg).get(np.arange(16))
+  # Non-zero output layers, so the network's precision shows in D.
+  p = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(1), x.shape), p32)
+  jaxpr = str(jax.make_jaxpr(lambda p: net_apply(sc16.graphdef, p, images, jnp.zeros(16),
+                                                 jax.nn.one_hot(labels, 10)))(p))
+  assert "bf16[16,8,8,8]" in jaxpr                       # the convolutions run in bf16
+
+  def loss(sc):
+    d = make_denoiser(sc.graphdef, p, sc.precond)
+    return losses.denoising_loss(sc.loss, d, jax.random.PRNGKey(2), images,
+                                 class_labels=jax.nn.one_hot(labels, 10))
+  l32, l16 = jax.jit(lambda: loss(sc32))(), jax.jit(lambda: loss(sc16))()
+  chex.assert_type([l32, l16], jnp.float32)              # loss weights and loss in fp32
+  np.testing.assert_allclose(np.mean(l16), np.mean(l32), rtol=0.05)
+  state = init_state(p16, sc16.optimizer, 0)
+  state, metrics = make_train_step(sc16)(state, {"image": images, "label": labels})
+  chex.assert_type(metrics["loss"], jnp.float32)
+  for tree in (state.params, state.ema):
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(tree))
+  assert bool(metrics["grads_finite"])
+
+
+def test_classifier_free_guidance_matches_manual(tiny_cfg):
+  from jaxdiff import sampling
+  from jaxdiff.model import make_sample_fn, sample_keys
+  from jaxdiff.train.step import make_denoiser
+  graphdef, params = build.make_network(tiny_cfg)
+  params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(3), x.shape),
+                        params)
+  kwargs = dict(build.sampler_kwargs(tiny_cfg, solver="euler", num_steps=2))
+  precond = build.make_precond(tiny_cfg)
+  keys, labels = sample_keys(0, 0, 4), jnp.array([0, 3, 5, 9], jnp.int32)
+  w = 2.5
+  got = make_sample_fn(graphdef, precond, 10, (8, 8, 1), tuple(sorted(kwargs.items())), w)(
+      params, keys, labels)
+  latents = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), (8, 8, 1)))(keys)
+  d = make_denoiser(graphdef, params, precond)
+  onehot = jax.nn.one_hot(labels, 10)
+
+  def guided(x, sigma):   # two separate evaluations; the null label is the all-zero one-hot
+    du = d(x, sigma, class_labels=jnp.zeros_like(onehot))
+    return du + w * (d(x, sigma, class_labels=onehot) - du)
+  want = sampling.sample(guided, latents, key=None, **kwargs)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)  # doubled batch reorders sums
+  plain = make_sample_fn(graphdef, precond, 10, (8, 8, 1), tuple(sorted(kwargs.items())))(
+      params, keys, labels)
+  assert np.abs(np.asarray(plain) - np.asarray(got)).max() > 1e-3   # guidance changes samples
