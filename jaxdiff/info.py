@@ -46,5 +46,10 @@ def forward_flops(cfg, graphdef, abstract_params, batch: int = 1, sigma: float =
 
 def model_info(cfg) -> dict:
   graphdef, params = build.abstract_network(cfg)
+  if cfg.model.arch == "multistage":  # one forward per stage, and the sampler's NFE-weighted mean
+    from jaxdiff.multistage.info import multistage_info
+    ms = multistage_info(cfg)
+    return dict(params=count_params(params), params_by_part=params_by_part(params),
+                gflops_per_forward=ms["gflops_per_stage"], **ms)
   return dict(params=count_params(params), params_by_part=params_by_part(params),
               gflops_per_forward=forward_flops(cfg, graphdef, params) / 1e9)

@@ -31,8 +31,8 @@ from jaxdiff.errors import JaxdiffError
 from jaxdiff.multistage import stages
 from jaxdiff.train import ema as ema_lib
 from jaxdiff.train.optim import lr_schedule, sanitize_grads
-from jaxdiff.train.state import TrainState
-from jaxdiff.train.step import StepConfig
+from jaxdiff.train.state import TrainState, halflives
+from jaxdiff.train.step import StepConfig, _micro_batches
 
 MODES = ("stochastic", "stratified")
 
@@ -73,48 +73,76 @@ def multistage_denoiser(graphdef, params, precond, stage, *, train=False, dropou
   return denoise
 
 
-def _slice_cond(cond, a, b):
-  return {k: (None if v is None else v[a:b]) for k, v in cond.items()}
-
-
 def multistage_train_step(cfg: StepConfig, ms: MultiStageConfig, state: TrainState,
                           batch: dict) -> tuple[TrainState, dict]:
   key = jax.random.fold_in(state.rng, state.step)
   stage_key, sigma_key, loss_key, dropout_key = jax.random.split(key, 4)
-  class_labels = (jax.nn.one_hot(batch["label"], cfg.label_dim) if cfg.label_dim else None)
-  cond = dict(class_labels=class_labels)
-  if "augment_labels" in batch:
-    cond["augment_labels"] = batch["augment_labels"]
-  y = batch["image"]
+  y, labels = batch["image"], batch["label"]
+  aug_labels = batch.get("augment_labels")
+  if getattr(cfg, "augment", None) is not None:
+    from jaxdiff.data import augment as augment_lib
+    y, aug_labels = augment_lib.augment(cfg.augment, jax.random.fold_in(key, 0x5EED), y)
+  class_labels = (jax.nn.one_hot(labels, cfg.label_dim) if cfg.label_dim else None)
   B = y.shape[0]
+  n = int(getattr(cfg, "grad_accum", 1))
+  if B % n:
+    raise ValueError(f"batch {B} is not divisible by grad_accum={n}")
 
   if ms.mode == "stochastic":
     stage = stages.draw_stage(stage_key, ms.probabilities)
     sigma = stages.sample_stage_sigma(cfg.loss, sigma_key, stage, ms.boundaries, (B,))
 
-    def loss_fn(params):
+    def loss_fn(params, m, y, sigma, class_labels, aug_labels):
+      cond = dict(class_labels=class_labels)
+      if aug_labels is not None:
+        cond["augment_labels"] = aug_labels
       denoise = multistage_denoiser(cfg.graphdef, params, cfg.precond, stage, train=True,
-                                    dropout_key=dropout_key)
-      per_example = losses.denoising_loss(cfg.loss, denoise, loss_key, y, sigma=sigma, **cond)
+                                    dropout_key=jax.random.fold_in(dropout_key, m))
+      per_example = losses.denoising_loss(cfg.loss, denoise, jax.random.fold_in(loss_key, m), y,
+                                          sigma=sigma, **cond)
       return jnp.mean(per_example)
   else:
     stage = jnp.asarray(-1, jnp.int32)  # every decoder is used
+    sigma = jnp.zeros((B,), jnp.float32)  # drawn per share below
+    if n > 1:
+      raise JaxdiffError("multistage.mode = 'stratified' does not support grad_accum > 1")
     edges = np.concatenate([[0], np.cumsum(ms.counts)])
 
-    def loss_fn(params):
+    def loss_fn(params, m, y, sigma, class_labels, aug_labels):
+      del sigma
       total = 0.0
       for k in range(len(ms.counts)):
         a, b = int(edges[k]), int(edges[k + 1])
-        kkey = jax.random.fold_in(sigma_key, k)
-        sigma = stages.sample_stage_sigma(cfg.loss, kkey, k, ms.boundaries, (b - a,))
+        cond = dict(class_labels=None if class_labels is None else class_labels[a:b])
+        if aug_labels is not None:
+          cond["augment_labels"] = aug_labels[a:b]
+        s_k = stages.sample_stage_sigma(cfg.loss, jax.random.fold_in(sigma_key, k), k,
+                                        ms.boundaries, (b - a,))
         denoise = multistage_denoiser(cfg.graphdef, params, cfg.precond, k, train=True,
                                       dropout_key=jax.random.fold_in(dropout_key, k))
         per_example = losses.denoising_loss(cfg.loss, denoise, jax.random.fold_in(loss_key, k),
-                                            y[a:b], sigma=sigma, **_slice_cond(cond, a, b))
+                                            y[a:b], sigma=s_k, **cond)
         total = total + ms.probabilities[k] * jnp.mean(per_example)
       return total
 
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  grad_fn = jax.value_and_grad(loss_fn)
+  if n == 1:
+    loss, grads = grad_fn(state.params, 0, y, sigma, class_labels, aug_labels)
+  else:  # micro-batches share the step's stage
+    micro = jax.tree.map(lambda x: None if x is None else _micro_batches(x, n),
+                         (y, sigma, class_labels, aug_labels))
+
+    def body(carry, inputs):
+      loss_sum, grad_sum = carry
+      m, (ym, sm, cm, am) = inputs
+      loss_m, grads_m = grad_fn(state.params, m, ym, sm, cm, am)
+      return (loss_sum + loss_m, jax.tree.map(jnp.add, grad_sum, grads_m)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (loss, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros),
+                                    (jnp.arange(n), micro))
+    loss, grads = loss / n, jax.tree.map(lambda g: g / n, grads)
+
   finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
   grads = sanitize_grads(grads)
   updates, opt_state = cfg.optimizer.update(grads, state.opt_state, state.params)
@@ -122,11 +150,17 @@ def multistage_train_step(cfg: StepConfig, ms: MultiStageConfig, state: TrainSta
   if ms.mode == "stochastic":
     params = stages.keep_inactive_decoders(params, state.params, stage)
     opt_state = stages.keep_inactive_decoders(opt_state, state.opt_state, stage)
-  # EMA over all parameters every step, as the reference (an idle decoder's EMA keeps converging).
-  beta = ema_lib.ema_beta(state.step * cfg.batch_size, cfg.batch_size, cfg.ema_halflife_images,
-                          cfg.ema_rampup_ratio)
-  ema = ema_lib.ema_update(state.ema, params, beta)
-  new_state = state.replace(step=state.step + 1, params=params, ema=ema, opt_state=opt_state)
+  # EMAs over all parameters every step, as the reference (an idle decoder's EMA keeps converging).
+  extra = tuple(getattr(state, "extra_emas", ()))
+  emas = []
+  for halflife, ema in zip(halflives(cfg.ema_halflife_images), (state.ema,) + extra):
+    beta = ema_lib.ema_beta(state.step * cfg.batch_size, cfg.batch_size, halflife,
+                            cfg.ema_rampup_ratio)
+    emas.append(ema_lib.ema_update(ema, params, beta))
+  updates = dict(step=state.step + 1, params=params, ema=emas[0], opt_state=opt_state)
+  if hasattr(state, "extra_emas"):
+    updates["extra_emas"] = tuple(emas[1:])
+  new_state = state.replace(**updates)
   grad_norm = jnp.sqrt(sum(jnp.sum(g.astype(jnp.float32) ** 2) for g in jax.tree.leaves(grads)))
   return new_state, dict(loss=loss, grad_norm=grad_norm, grads_finite=finite, stage=stage)
 
