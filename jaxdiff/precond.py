@@ -160,9 +160,14 @@ class IDDPMPrecond:
     if not isinstance(sigma, jax.Array):  # host (NumPy float64) path, used to build sampler grids
       flat = np.asarray(sigma, np.float64).reshape(-1, 1)
       return np.argmin(np.abs(flat - self.u[None, :]), axis=1).reshape(np.shape(sigma))
-    u = jnp.asarray(self.u, _F32)
-    flat = _f32(sigma).reshape(-1, 1)
-    return jnp.argmin(jnp.abs(flat - u[None, :]), axis=1).reshape(jnp.shape(sigma))
+    # u is decreasing: binary-search the ascending copy and take the nearer neighbour. O(B log M),
+    # where an argmin over a [B, M] distance matrix is slow to constant-fold for a constant σ.
+    u_asc = jnp.asarray(self.u[::-1], _F32)
+    s = _f32(sigma)
+    hi = jnp.clip(jnp.searchsorted(u_asc, s), 1, self.M)
+    lo = hi - 1
+    nearer_hi = jnp.abs(u_asc[hi] - s) <= jnp.abs(s - u_asc[lo])  # ties: the larger σ, as argmin
+    return self.M - jnp.where(nearer_hi, hi, lo)
 
   def coefficients(self, sigma):
     sigma = _f32(sigma)

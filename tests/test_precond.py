@@ -129,3 +129,16 @@ def test_make_precond_errors():
   with pytest.raises(JaxdiffError, match="no option"):
     P.make_precond("edm", sigma_date=0.5)
   assert P.make_precond("edm", sigma_data=1.0).sigma_data == 1.0
+
+
+def test_iddpm_index_is_the_nearest_table_entry():
+  pc = P.IDDPMPrecond()
+  u = pc.u
+  s = np.concatenate([np.exp(np.random.default_rng(0).uniform(-8, 11, 3000)), u[:40], u[-40:],
+                      [0.0, 1e6], (u[1:300] + u[:299]) / 2]).astype(np.float32)
+  got = np.asarray(pc._index(jnp.asarray(s)))
+  want = np.argmin(np.abs(s[:, None] - u.astype(np.float32)[None]), axis=1)  # brute force
+  np.testing.assert_array_equal(got, want)
+  # A constant σ compiles fast (no [B, M] argmin for XLA to constant-fold).
+  c = jax.jit(lambda: pc.coefficients(jnp.full((4096,), 1.0)))()[3]
+  assert float(c[0]) == 999 - np.argmin(np.abs(np.float32(1.0) - u.astype(np.float32)))
