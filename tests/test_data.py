@@ -75,3 +75,97 @@ def test_tfds_unknown_and_unprepared(tmp_path):
 def test_unknown_data_name():
   with pytest.raises(JaxdiffError, match="unknown data.name"):
     open_source("cifar11")
+
+
+def _write_dataset(root, images, labels=None, as_zip=False):
+  """The reference's layout: 00000/img00000000.png ... plus dataset.json."""
+  import io
+  import json
+  import zipfile
+
+  from PIL import Image
+  files = {}
+  for i, img in enumerate(images):
+    buf = io.BytesIO()
+    Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img).save(buf, format="png")
+    files[f"{i // 1000:05d}/img{i:08d}.png"] = buf.getvalue()
+  if labels is not None:
+    files["dataset.json"] = json.dumps(
+        {"labels": [[n, int(l)] for n, l in zip(sorted(k for k in files), labels)]}).encode()
+  if as_zip:
+    path = str(root) + ".zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as z:
+      for name, data in files.items():
+        z.writestr(name, data)
+    return "zip:" + path
+  for name, data in files.items():
+    (root / name).parent.mkdir(parents=True, exist_ok=True)
+    (root / name).write_bytes(data)
+  return "folder:" + str(root)
+
+
+@pytest.mark.parametrize("as_zip", [False, True], ids=["folder", "zip"])
+def test_reference_folder_and_zip(tmp_path, as_zip):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)
+  name = _write_dataset(tmp_path / "ds", images, labels=[3, 1, 4, 1, 5], as_zip=as_zip)
+  src = open_source(name)
+  assert (len(src), src.resolution, src.channels, src.num_classes) == (5, 4, 3, 6)
+  got, labels = src.get(np.array([4, 0]))
+  np.testing.assert_allclose(got, images[[4, 0]].astype(np.float64) / 127.5 - 1, atol=1e-6)
+  np.testing.assert_array_equal(labels, [5, 3])
+  chex.assert_type([got, labels], [np.float32, np.int32])
+  check_source(src, resolution=4, channels=3, num_classes=6)
+  with pytest.raises(JaxdiffError, match=r"shape \(4, 4, 3\).*expects \(4, 4, 1\)"):
+    check_source(src, resolution=4, channels=1, num_classes=6)
+  with pytest.raises(JaxdiffError, match=r"labels in \[1, 5\], outside \[0, 3\]"):
+    check_source(src, resolution=4, channels=3, num_classes=4)
+
+
+def test_file_dataset_bad_inputs(tmp_path):
+  gray = np.zeros((2, 4, 4, 1), np.uint8)
+  src = open_source(_write_dataset(tmp_path / "unlabelled", gray))
+  assert src.channels == 1 and src.num_classes == 0
+  with pytest.raises(JaxdiffError, match="has no labels"):
+    check_source(src, resolution=4, channels=1, num_classes=10)
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(JaxdiffError, match="empty"):
+    check_source(open_source(f"folder:{tmp_path / 'empty'}"), resolution=4, channels=1,
+                 num_classes=0)
+  with pytest.raises(JaxdiffError, match="does not exist"):
+    open_source(f"zip:{tmp_path / 'missing.zip'}")
+  (tmp_path / "notzip.zip").write_text("hello")
+  with pytest.raises(JaxdiffError, match="neither a folder nor a ZIP"):
+    open_source(f"zip:{tmp_path / 'notzip.zip'}")
+  mixed = tmp_path / "mixed"
+  _write_dataset(mixed, np.zeros((1, 4, 4, 1), np.uint8))
+  from PIL import Image
+  Image.fromarray(np.zeros((6, 6), np.uint8)).save(mixed / "00000" / "img00000001.png")
+  with pytest.raises(JaxdiffError, match="one size"):
+    open_source(f"folder:{mixed}").get(np.arange(2))
+  partial = tmp_path / "partial"
+  _write_dataset(partial, np.zeros((2, 4, 4, 1), np.uint8), labels=[0, 1])
+  (partial / "dataset.json").write_text('{"labels": [["00000/img00000000.png", 0]]}')
+  with pytest.raises(JaxdiffError, match="no label for"):
+    open_source(f"folder:{partial}")
+
+
+def test_prefetch_yields_the_batch_order_and_reraises():
+  from jaxdiff.data.prefetch import Prefetcher
+  src = _src(np.arange(40).reshape(40, 1, 1, 1), np.arange(40))
+  got = list(Prefetcher(src, 3, 8, 8, seed=1, depth=2))
+  assert [s for s, _, _ in got] == list(range(3, 8))
+  for s, images, labels in got:
+    np.testing.assert_array_equal(labels, batch_indices(s, 8, 40, seed=1))
+    np.testing.assert_array_equal(images[:, 0, 0, 0], labels)
+
+  class Broken:
+    name, resolution, channels, num_classes = "broken", 1, 1, 0
+    def __len__(self):
+      return 4
+    def get(self, idx):
+      raise JaxdiffError("disk gone")
+  it = Prefetcher(Broken(), 0, 2, 2, seed=0)
+  with pytest.raises(JaxdiffError, match="disk gone"):
+    next(it)
+  it.close()
