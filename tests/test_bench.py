@@ -1,0 +1,24 @@
+import json
+
+import pytest
+
+from conftest import DIGITS, TINY, run_cli
+
+
+def test_bench_usage_errors():
+  code, _, err = run_cli("bench", "--config", DIGITS, "--steps", "0")
+  assert code == 2 and "--steps must be at least 1" in err
+  code, _, err = run_cli("bench", "--config", DIGITS, "--batch", "12", "--config.training.grad_accum=8")
+  assert code == 2 and "not divisible by devices x grad_accum" in err
+
+
+@pytest.mark.slow
+def test_bench_json_keys():
+  code, out, err = run_cli("bench", "--config", DIGITS, "--json", "--batch", "8", "--steps", "2",
+                           *[o for o in TINY if "batch_size" not in o])
+  assert code == 0, err[-2000:]
+  result = json.loads(out)
+  for key in ("train_img_per_s", "sample_img_per_s", "compile_s"):
+    assert isinstance(result[key], float) and result[key] > 0
+  assert result["batch"] == 8 and result["devices"] >= 1 and result["steps"] == 2
+  assert result["nfe"] == 2 * 3 - 1                      # Heun, sampler.num_steps=3 from TINY
