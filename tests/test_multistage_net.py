@@ -111,3 +111,21 @@ def test_builder_and_bad_boundaries():
     build_multistage(m, img_resolution=8, img_channels=1, label_dim=0, rngs=nnx.Rngs(0))
   with pytest.raises(JaxdiffError, match="increasing"):
     c_noise_boundaries((2.0, 1.0))
+
+
+def test_info_per_stage_gflops_and_nfe_weighting():
+  from jaxdiff.multistage.info import multistage_info
+  cfg = load_config("configs/digits_multistage.py")
+  info = multistage_info(cfg)
+  g = info["gflops_per_stage"]
+  assert len(g) == 3 and g[0] > g[1] > g[2] > 0  # decoders 48 / 32 / 8 channels
+  # Heun, 18 steps: a call at σ_0..σ_17 and a correction at σ_1..σ_17 (σ_18 = 0): 35 calls.
+  N, rho, smin, smax = 18, 7.0, 0.002, 80.0
+  i = np.arange(N)
+  grid = (smax ** (1 / rho) + i / (N - 1) * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
+  calls = np.concatenate([grid, grid[1:]])
+  k = numpy_stage(calls.astype(np.float32), cfg.model.stage_boundaries)
+  counts = np.bincount(k, minlength=3)
+  assert info["sampler"]["nfe"] == 35
+  assert info["sampler"]["calls_per_stage"] == counts.tolist()
+  np.testing.assert_allclose(info["nfe_weighted_gflops"], np.dot(counts, g) / 35, rtol=1e-9)
