@@ -12,6 +12,9 @@ import threading
 from jaxdiff.data.source import batch_indices
 
 
+_DONE = object()  # end-of-stream marker
+
+
 class Prefetcher:
   """Iterates (step, images, labels) for steps start..stop-1, `depth` batches ahead."""
 
@@ -27,23 +30,30 @@ class Prefetcher:
     try:
       for step in range(start, stop):
         idx = batch_indices(step, batch_size, len(source), seed, process_index, process_count)
-        item = (step,) + tuple(source.get(idx))
-        while not self._stop.is_set():
-          try:
-            self._queue.put(item, timeout=0.1)
-            break
-          except queue.Full:
-            continue
-        if self._stop.is_set():
+        if not self._put((step,) + tuple(source.get(idx))):
           return
+      self._put(_DONE)  # without it, a consumer iterating to the end would wait forever
     except BaseException as e:  # handed to the consumer, raised there
-      self._queue.put(e)
+      self._put(e)
+
+  def _put(self, item) -> bool:
+    """Blocks until there is room or close() is called; False when closed."""
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
 
   def __iter__(self):
     return self
 
   def __next__(self):
     item = self._queue.get()
+    if item is _DONE:
+      self._queue.put(_DONE)  # stay exhausted on later calls
+      raise StopIteration
     if isinstance(item, BaseException):
       raise item
     return item
