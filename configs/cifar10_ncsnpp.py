@@ -47,8 +47,8 @@ def get_config():
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "edm"
-  c.loss.p_mean = -1.2
-  c.loss.p_std = 1.2
+  c.loss.P_mean = -1.2
+  c.loss.P_std = 1.2
 
   c.sampler = ml_collections.ConfigDict()
   c.sampler.solver = "heun"        # 18 steps = 35 network evaluations

@@ -41,8 +41,8 @@ def get_config():
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "edm"
-  c.loss.p_mean = -1.2
-  c.loss.p_std = 1.2
+  c.loss.P_mean = -1.2
+  c.loss.P_std = 1.2
 
   c.sampler = ml_collections.ConfigDict()
   c.sampler.solver = "heun"        # the paper's ImageNet-64 stochastic sampler (511 NFE)

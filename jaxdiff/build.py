@@ -12,25 +12,33 @@ import ml_collections
 from flax import nnx
 
 from jaxdiff import losses, precond as precond_lib
+from jaxdiff.errors import JaxdiffError
 from jaxdiff.nets import build_network
 from jaxdiff.train import optim
 
 
-def _options(section, cls, skip=("name",)) -> dict:
-  """The config entries that `cls` (a dataclass) takes; others belong to other choices of name."""
-  fields = {f.name for f in dataclasses.fields(cls)}
-  return {k: v for k, v in section.items() if k not in skip and k in fields}
+def _options(section, registry: dict, where: str) -> dict:
+  """The entries of `section` that the chosen class takes. A section may hold constants of the
+  other choices (so `--config.precond.name=vp` works on an EDM config), but a key that no choice
+  takes is a typo, and is refused rather than silently ignored."""
+  fields = {name: {f.name for f in dataclasses.fields(cls)} for name, cls in registry.items()}
+  known = set().union(*fields.values())
+  unknown = sorted(k for k in section.keys() if k != "name" and k not in known)
+  if unknown:
+    raise JaxdiffError(f"{where} has key(s) {unknown} that no {where}.name takes; "
+                       f"the options are {sorted(known)}")
+  chosen = fields.get(section.name, set())
+  return {k: v for k, v in section.items() if k in chosen}
 
 
 def make_precond(cfg):
-  cls = precond_lib.PRECONDS.get(cfg.precond.name)
-  opts = _options(cfg.precond, cls) if cls else {}
+  opts = _options(cfg.precond, precond_lib.PRECONDS, "precond")
   return precond_lib.make_precond(cfg.precond.name, **opts)
 
 
 def make_loss(cfg):
   cls = losses.LOSSES.get(cfg.loss.name)
-  opts = _options(cfg.loss, cls) if cls else {}
+  opts = _options(cfg.loss, losses.LOSSES, "loss")
   if cls and "sigma_data" in {f.name for f in dataclasses.fields(cls)} and "sigma_data" not in opts:
     opts["sigma_data"] = cfg.precond.get("sigma_data", 0.5)  # the loss weight uses the data's σ
   return losses.make_loss(cfg.loss.name, **opts)
@@ -44,6 +52,7 @@ def make_network(cfg, seed: int = 0):
   """The network with fresh parameters, split into (graphdef, params)."""
   model_cfg = ml_collections.ConfigDict(cfg.model.to_dict())
   model_cfg.out_channels_factor = make_precond(cfg).out_channels_factor
+  model_cfg.precond_name = cfg.precond.name  # multi-stage maps σ boundaries to c_noise with it
   net = build_network(model_cfg, img_resolution=cfg.data.resolution,
                       img_channels=cfg.data.channels, label_dim=label_dim(cfg),
                       rngs=nnx.Rngs(params=seed))
@@ -56,6 +65,10 @@ def abstract_network(cfg):
 
 
 def make_optimizer(cfg):
+  if cfg.model.arch == "multistage":
+    # One Adam per part (each decoder has its own moments and step count, as in the reference).
+    from jaxdiff.multistage.step import make_multistage_optimizer
+    return make_multistage_optimizer(cfg)
   t = cfg.training
   return optim.adam(t.lr, t.batch_size, t.lr_rampup_images, beta1=cfg.optimizer.beta1,
                     beta2=cfg.optimizer.beta2, eps=cfg.optimizer.eps)
