@@ -76,8 +76,12 @@ def make_optimizer(cfg):
 
 def sampler_kwargs(cfg, solver: str | None = None, num_steps: int | None = None) -> dict:
   s = cfg.sampler
+  p = make_precond(cfg)
+  # Never ask the network for σ outside what its preconditioning supports (the reference clips too).
+  sigma_min = max(float(s.sigma_min), float(p.sigma_min))
+  sigma_max = min(float(s.sigma_max), float(p.sigma_max))
   return dict(solver=solver or s.solver, num_steps=int(num_steps or s.num_steps),
-              sigma_min=float(s.sigma_min), sigma_max=float(s.sigma_max), rho=float(s.rho),
+              sigma_min=sigma_min, sigma_max=sigma_max, rho=float(s.rho),
               s_churn=float(s.s_churn), s_min=float(s.s_min), s_max=float(s.s_max),
               s_noise=float(s.s_noise))
 

@@ -48,7 +48,9 @@ def make_sample_fn(graphdef, precond, label_dim: int, shape: tuple, sampler_item
         d = denoise(jnp.concatenate([x, x]), jnp.concatenate([sigma, sigma]), class_labels=both)
         d_cond, d_uncond = jnp.split(d, 2)
         return d_uncond + guidance * (d_cond - d_uncond)
-    return sampling.sample(guided, latents, key=noise_keys, **kwargs)
+    # The grid is rounded to σ the network supports (iDDPM's table), as the reference sampler does.
+    return sampling.sample(guided, latents, key=noise_keys, round_sigma=precond.round_sigma,
+                           **kwargs)
   return jax.jit(fn)
 
 

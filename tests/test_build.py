@@ -26,3 +26,12 @@ def test_key_no_choice_takes_is_refused():
   cfg.loss.p_mean = -1.0  # lower-case: not EDMLoss's P_mean
   with pytest.raises(JaxdiffError, match=r"\['p_mean'\]"):
     build.make_loss(cfg)
+
+
+def test_sampler_range_is_clipped_to_the_precond():
+  edm = build.sampler_kwargs(load_config(DIGITS))
+  assert (edm["sigma_min"], edm["sigma_max"]) == (0.002, 80.0)
+  ve = build.sampler_kwargs(load_config(DIGITS, ["--config.precond.name=ve"]))
+  assert ve["sigma_min"] == 0.02  # VE's network never saw σ below 0.02
+  iddpm = build.sampler_kwargs(load_config(DIGITS, ["--config.precond.name=iddpm"]))
+  assert iddpm["sigma_min"] == pytest.approx(float(precond.IDDPMPrecond().sigma_min))
