@@ -18,7 +18,7 @@ def get_config():
   c.model.arch = "unet"
   c.model.model_channels = 32
   c.model.channel_mult = (1, 2)
-  c.model.num_blocks = 2
+  c.model.num_blocks = 1
   c.model.attn_resolutions = (4,)
   c.model.dropout = 0.1
   c.model.label_dropout = 0.0     # > 0 trains the null label that classifier-free guidance needs
@@ -47,7 +47,7 @@ def get_config():
   c.sampler.guidance = 1.0         # classifier-free guidance weight (1 = none; needs label_dropout)
 
   c.training = ml_collections.ConfigDict()
-  c.training.steps = 3000
+  c.training.steps = 1600
   c.training.batch_size = 64
   c.training.lr = 2e-3
   c.training.lr_rampup_images = 20_000
@@ -56,7 +56,7 @@ def get_config():
   c.training.checkpoint_every = 500
   c.training.keep_checkpoints = 2
   c.training.log_every = 50
-  c.training.sample_every = 1000
+  c.training.sample_every = 800
   c.training.sample_grid = 100     # images in the PNG grids written while training
   c.training.seed = 0
   c.training.grad_accum = 1        # micro-batches per step
