@@ -32,7 +32,7 @@ from jaxdiff.multistage import stages
 from jaxdiff.train import ema as ema_lib
 from jaxdiff.train.optim import lr_schedule, sanitize_grads
 from jaxdiff.train.state import TrainState, halflives
-from jaxdiff.train.step import StepConfig, _micro_batches
+from jaxdiff.train.step import StepConfig, mean_value_and_grad
 
 MODES = ("stochastic", "stratified")
 
@@ -125,23 +125,8 @@ def multistage_train_step(cfg: StepConfig, ms: MultiStageConfig, state: TrainSta
         total = total + ms.probabilities[k] * jnp.mean(per_example)
       return total
 
-  grad_fn = jax.value_and_grad(loss_fn)
-  if n == 1:
-    loss, grads = grad_fn(state.params, 0, y, sigma, class_labels, aug_labels)
-  else:  # micro-batches share the step's stage
-    micro = jax.tree.map(lambda x: None if x is None else _micro_batches(x, n),
-                         (y, sigma, class_labels, aug_labels))
-
-    def body(carry, inputs):
-      loss_sum, grad_sum = carry
-      m, (ym, sm, cm, am) = inputs
-      loss_m, grads_m = grad_fn(state.params, m, ym, sm, cm, am)
-      return (loss_sum + loss_m, jax.tree.map(jnp.add, grad_sum, grads_m)), None
-
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    (loss, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros),
-                                    (jnp.arange(n), micro))
-    loss, grads = loss / n, jax.tree.map(lambda g: g / n, grads)
+  loss, grads = mean_value_and_grad(jax.value_and_grad(loss_fn), state.params,
+                                    (y, sigma, class_labels, aug_labels), n)
 
   finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
   grads = sanitize_grads(grads)

@@ -55,6 +55,29 @@ def _micro_batches(x, n: int):
   device of a batch-sharded mesh holds its own share of every micro-batch."""
   return x.reshape((x.shape[0] // n, n) + x.shape[1:]).swapaxes(0, 1)
 
+def mean_value_and_grad(value_and_grad_fn, params, inputs: tuple, n: int):
+  """(loss, grads) of `value_and_grad_fn(params, m, *inputs)` averaged over n strided micro-batches
+  (m = 0..n-1, summed in one `lax.scan`); with n = 1, one call on the whole batch (m = 0).
+  Inputs may be None (absent conditioning)."""
+  if n == 1:
+    return value_and_grad_fn(params, 0, *inputs)
+  batch = next(x for x in inputs if x is not None).shape[0]
+  if batch % n:
+    raise ValueError(f"batch {batch} is not divisible by grad_accum={n}")
+  micro = jax.tree.map(lambda x: None if x is None else _micro_batches(x, n), inputs)
+
+  def body(carry, xs):
+    loss_sum, grad_sum = carry
+    m, mb = xs
+    loss_m, grads_m = value_and_grad_fn(params, m, *mb)
+    return (loss_sum + loss_m, jax.tree.map(jnp.add, grad_sum, grads_m)), None
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  (loss, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros),
+                                  (jnp.arange(n), micro))
+  return loss / n, jax.tree.map(lambda g: g / n, grads)
+
+
 
 def train_step(cfg: StepConfig, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
   """One optimizer step on `batch` = {image [B,H,W,C] float32 in [-1,1], label [B] int32}."""
@@ -79,24 +102,10 @@ def train_step(cfg: StepConfig, state: TrainState, batch: dict) -> tuple[TrainSt
 
   grad_fn = jax.value_and_grad(loss_fn)
   n = cfg.grad_accum
-  if n == 1:
-    loss, grads = grad_fn(state.params, key, images, class_labels, aug_labels)
-  else:
-    if images.shape[0] % n:
-      raise ValueError(f"batch {images.shape[0]} is not divisible by grad_accum={n}")
-    micro = jax.tree.map(lambda x: None if x is None else _micro_batches(x, n),
-                         (images, class_labels, aug_labels))
-
-    def body(carry, inputs):
-      loss_sum, grad_sum = carry
-      m, (im, cl, al) = inputs
-      loss_m, grads_m = grad_fn(state.params, jax.random.fold_in(key, m), im, cl, al)
-      return (loss_sum + loss_m, jax.tree.map(jnp.add, grad_sum, grads_m)), None
-
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    (loss, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros),
-                                    (jnp.arange(n), micro))
-    loss, grads = loss / n, jax.tree.map(lambda g: g / n, grads)
+  # One micro-batch uses the step key itself; several use one folded-in key each.
+  loss, grads = mean_value_and_grad(
+      lambda p, m, *xs: grad_fn(p, key if n == 1 else jax.random.fold_in(key, m), *xs),
+      state.params, (images, class_labels, aug_labels), n)
 
   finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
   grads = sanitize_grads(grads)
