@@ -38,6 +38,7 @@ def get_config():
   c.model.resample_filter = (1, 1)
   c.model.num_groups = 32
   c.model.dtype = "float32"
+  c.model.remat = False           # True: recompute each block's activations in the backward pass
 
   c.precond = ml_collections.ConfigDict()
   c.precond.name = "edm"

@@ -36,6 +36,7 @@ def get_config():
   c.model.label_dropout = 0.0
   c.model.augment_dim = augment_dim
   c.model.dtype = "float32"
+  c.model.remat = False           # True: recompute each block's activations in the backward pass
   c.model.precond_name = "edm"                   # maps the σ boundaries to c_noise
 
   c.loss.P_mean = -1.2

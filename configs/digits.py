@@ -24,6 +24,7 @@ def get_config():
   c.model.label_dropout = 0.0     # > 0 trains the null label that classifier-free guidance needs
   c.model.augment_dim = 0         # 9 with data.augment_p > 0 (the augmentation labels)
   c.model.dtype = "float32"       # "bfloat16": bf16 compute, fp32 params / loss / optimizer / EMA
+  c.model.remat = False           # True: recompute block activations in the backward (less memory)
 
   c.precond = ml_collections.ConfigDict()
   c.precond.name = "edm"          # edm | vp | ve | iddpm

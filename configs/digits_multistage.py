@@ -33,6 +33,7 @@ def get_config():
   c.model.dropout = 0.1
   c.model.label_dropout = 0.0
   c.model.dtype = "float32"
+  c.model.remat = False           # True: recompute each block's activations in the backward pass
   c.model.precond_name = "edm"            # maps the σ boundaries to the network's c_noise
 
   c.multistage = ml_collections.ConfigDict()

@@ -34,6 +34,7 @@ def get_config():
   c.model.label_dropout = 0.0
   c.model.augment_dim = 0
   c.model.dtype = "bfloat16"
+  c.model.remat = False           # True: recompute each block's activations in the backward pass
 
   c.precond = ml_collections.ConfigDict()
   c.precond.name = "edm"

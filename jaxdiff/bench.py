@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff import build
+from jaxdiff import build, sampling
 from jaxdiff.train import sharding as sharding_lib
 from jaxdiff.train.state import halflives, init_state
 
@@ -20,6 +20,10 @@ from jaxdiff.train.state import halflives, init_state
 def _block(tree):
   jax.block_until_ready(tree)
   return tree
+
+
+def _mb(nbytes):
+  return None if nbytes is None else round(nbytes / 2**20, 1)
 
 
 def bench(cfg, batch: int | None = None, steps: int = 10, sample_batch: int | None = None) -> dict:
@@ -49,6 +53,10 @@ def bench(cfg, batch: int | None = None, steps: int = 10, sample_batch: int | No
   data = sharding_lib.global_batch(data, mesh)
 
   t0 = time.perf_counter()
+  step_fn = step_fn.lower(state, data).compile()
+  # XLA's buffer plan for one step: activations kept for the backward pass live in the temporaries
+  # (what `model.remat` trades for recomputation).
+  memory = step_fn.memory_analysis()
   state, _ = _block(step_fn(state, data))
   train_compile = time.perf_counter() - t0
   t0 = time.perf_counter()
@@ -70,13 +78,15 @@ def bench(cfg, batch: int | None = None, steps: int = 10, sample_batch: int | No
   t0 = time.perf_counter()
   _block(fn(state.ema, keys, labels))
   sample_time = time.perf_counter() - t0
-  nfe = 2 * kwargs["num_steps"] - 1 if kwargs["solver"] == "heun" else kwargs["num_steps"]
+  nfe = sampling.nfe(kwargs["solver"], kwargs["num_steps"])
   return dict(train_img_per_s=round(steps * batch / train_time, 2),
               sample_img_per_s=round(sample_batch / sample_time, 2),
               compile_s=round(train_compile + max(sample_first - sample_time, 0.0), 2),
               train_compile_s=round(train_compile, 2),
               sample_compile_s=round(max(sample_first - sample_time, 0.0), 2),
               train_step_ms=round(1000 * train_time / steps, 1),
+              train_temp_mb=_mb(getattr(memory, "temp_size_in_bytes", None)),
+              remat=bool(cfg.model.get("remat", False)),
               batch=batch, sample_batch=sample_batch, steps=steps, devices=jax.device_count(),
               backend=jax.default_backend(), dtype=str(cfg.model.get("dtype", "float32")),
               solver=kwargs["solver"], sampler_steps=kwargs["num_steps"], nfe=nfe,

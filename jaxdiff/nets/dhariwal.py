@@ -24,7 +24,7 @@ class DhariwalUNet(nnx.Module):
                channel_mult: Sequence[int] = (1, 2, 3, 4), channel_mult_emb: int = 4,
                num_blocks: int = 3, attn_resolutions: Sequence[int] = (32, 16, 8),
                dropout: float = 0.10, label_dropout: float = 0.0, channels_per_head: int = 64,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               dtype=jnp.float32, remat: bool = False, rngs: nnx.Rngs):
     self.label_dim = label_dim
     self.label_dropout = float(label_dropout)
     self.model_channels = model_channels
@@ -33,7 +33,7 @@ class DhariwalUNet(nnx.Module):
     init = dict(init_mode="kaiming_uniform", init_weight=np.sqrt(1 / 3), init_bias=np.sqrt(1 / 3))
     init_zero = dict(init_mode="kaiming_uniform", init_weight=0, init_bias=0)
     block_kwargs = dict(emb_channels=emb_channels, channels_per_head=channels_per_head,
-                        dropout=dropout, init=init, init_zero=init_zero, rngs=rngs)
+                        dropout=dropout, init=init, init_zero=init_zero, remat=remat, rngs=rngs)
 
     # Mapping.
     self.map_augment = (Linear(augment_dim, model_channels, bias=False, rngs=rngs, **init_zero)
@@ -126,4 +126,4 @@ def build_adm(model_cfg, *, img_resolution, img_channels, label_dim, rngs):
       attn_resolutions=tuple(g("attn_resolutions", (32, 16, 8))), dropout=float(g("dropout", 0.10)),
       label_dropout=float(g("label_dropout", 0.0)),
       channels_per_head=int(g("channels_per_head", 64)), dtype=jnp.dtype(g("dtype", "float32")),
-      rngs=rngs)
+      remat=bool(g("remat", False)), rngs=rngs)

@@ -293,7 +293,7 @@ class UNetBlock(nnx.Module):
                down=False, attention=False, num_heads=None, channels_per_head=64, dropout=0.0,
                skip_scale=1.0, eps=1e-5, num_groups=32, resample_filter=(1, 1),
                resample_proj=False, adaptive_scale=True, init=None, init_zero=None, init_attn=None,
-               rngs: nnx.Rngs):
+               remat=False, rngs: nnx.Rngs):
     init = dict(init or {})
     init_zero = dict(init_zero if init_zero is not None else {"init_weight": 0})
     self.in_channels = in_channels
@@ -303,6 +303,7 @@ class UNetBlock(nnx.Module):
     self.dropout = float(dropout)
     self.skip_scale = float(skip_scale)
     self.adaptive_scale = adaptive_scale
+    self.remat = bool(remat)
     gn = dict(eps=eps, num_groups=num_groups)
 
     self.norm0 = GroupNorm(in_channels, **gn)
@@ -329,6 +330,11 @@ class UNetBlock(nnx.Module):
     self.norm2, self.qkv, self.proj = nnx.data(norm2), nnx.data(qkv), nnx.data(proj)
 
   def __call__(self, x, emb, *, train: bool = False, rngs=None):
+    if self.remat:
+      return remat_forward(self, x, emb, train=train, rngs=rngs)
+    return self.forward(x, emb, train=train, rngs=rngs)
+
+  def forward(self, x, emb, *, train: bool = False, rngs=None):
     orig = x
     x = self.conv0(nnx.silu(self.norm0(x)))
 
@@ -351,6 +357,17 @@ class UNetBlock(nnx.Module):
       a = attention(qkv[..., 0], qkv[..., 1], qkv[..., 2]).reshape(b, h, w, c)
       x = (self.proj(a) + x) * jnp.asarray(self.skip_scale, x.dtype)
     return x
+
+
+def remat_forward(block, x, emb, *, train: bool, rngs):
+  """block.forward(x, emb) with its activations recomputed in the backward pass (`model.remat`).
+
+  Only the block's inputs are kept for the gradient, trading one extra forward per block for the
+  memory of its intermediate activations. `rngs` goes through nnx.remat as an argument, so the
+  recomputation draws the same dropout masks as the forward pass.
+  """
+  fn = nnx.remat(lambda b, x, emb, r: b.forward(x, emb, train=train, rngs=r))
+  return fn(block, x, emb, rngs)
 
 
 def count_params(module) -> int:

@@ -29,12 +29,12 @@ _INIT_ZERO = dict(init_mode="xavier_uniform", init_weight=1e-5)
 _INIT_ATTN = dict(init_mode="xavier_uniform", init_weight=np.sqrt(0.2))
 
 
-def _block_kwargs(emb_channels, dropout, num_groups, rngs):
+def _block_kwargs(emb_channels, dropout, num_groups, remat, rngs):
   # DDPM++ block settings of the reference (standard encoder/decoder, (1, 1) resampling filter).
   return dict(emb_channels=emb_channels, num_heads=1, dropout=dropout, skip_scale=np.sqrt(0.5),
               eps=1e-6, num_groups=num_groups, resample_filter=(1, 1), resample_proj=True,
               adaptive_scale=False, init=_INIT, init_zero=_INIT_ZERO, init_attn=_INIT_ATTN,
-              rngs=rngs)
+              remat=remat, rngs=rngs)
 
 
 class Embedding(nnx.Module):
@@ -156,7 +156,7 @@ class MultiStageUNet(nnx.Module):
                channel_mult_emb: int = 4, num_blocks: int = 4,
                attn_resolutions: Sequence[int] = (16,), dropout: float = 0.13,
                label_dropout: float = 0.0, num_groups: int = 16, dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               remat: bool = False, rngs: nnx.Rngs):
     decoder_channels = tuple(int(c) for c in decoder_channels)
     bounds = tuple(float(b) for b in c_noise_boundaries)
     if len(bounds) != len(decoder_channels) - 1:
@@ -168,7 +168,7 @@ class MultiStageUNet(nnx.Module):
     self.c_noise_boundaries = bounds
     self.dtype = jnp.dtype(dtype)
     emb_channels = model_channels * channel_mult_emb
-    kw = _block_kwargs(emb_channels, dropout, num_groups, rngs)
+    kw = _block_kwargs(emb_channels, dropout, num_groups, remat, rngs)
     self.embedding = Embedding(model_channels=model_channels, channel_mult_emb=channel_mult_emb,
                                label_dim=label_dim, augment_dim=augment_dim,
                                label_dropout=label_dropout, rngs=rngs)
@@ -255,4 +255,4 @@ def build_multistage(model_cfg, *, img_resolution, img_channels, label_dim, rngs
       channel_mult_emb=int(g("channel_mult_emb", 4)), num_blocks=int(g("num_blocks", 4)),
       attn_resolutions=tuple(g("attn_resolutions", (16,))), dropout=float(g("dropout", 0.13)),
       label_dropout=float(g("label_dropout", 0.0)), num_groups=int(g("num_groups", 16)),
-      dtype=jnp.dtype(g("dtype", "float32")), rngs=rngs)
+      dtype=jnp.dtype(g("dtype", "float32")), remat=bool(g("remat", False)), rngs=rngs)

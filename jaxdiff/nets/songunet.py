@@ -28,7 +28,8 @@ class SongUNet(nnx.Module):
                channel_mult_noise: int = 1, encoder_type: str = "standard",
                decoder_type: str = "standard", resample_filter: Sequence[float] = (1, 1),
                fourier_scale: float = 16.0, fourier_freqs: Sequence[float] | None = None,
-               fourier_seed: int = 0, num_groups: int = 32, dtype=jnp.float32, rngs: nnx.Rngs):
+               fourier_seed: int = 0, num_groups: int = 32, dtype=jnp.float32,
+               remat: bool = False, rngs: nnx.Rngs):
     if embedding_type not in ("fourier", "positional"):
       raise JaxdiffError(f"model.embedding_type {embedding_type!r}: use 'positional' or 'fourier'")
     if encoder_type not in ("standard", "skip", "residual"):
@@ -59,7 +60,8 @@ class SongUNet(nnx.Module):
     block_kwargs = dict(emb_channels=emb_channels, num_heads=1, dropout=dropout,
                         skip_scale=np.sqrt(0.5), eps=1e-6, num_groups=num_groups,
                         resample_filter=resample_filter, resample_proj=True, adaptive_scale=False,
-                        init=init, init_zero=init_zero, init_attn=init_attn, rngs=rngs)
+                        init=init, init_zero=init_zero, init_attn=init_attn, remat=remat,
+                        rngs=rngs)
 
     # Mapping.
     self.map_label = (Linear(label_dim, noise_channels, rngs=rngs, **init) if label_dim else None)
@@ -209,7 +211,8 @@ def _build(defaults, model_cfg, *, img_resolution, img_channels, label_dim, rngs
       encoder_type=opt("encoder_type"), decoder_type=opt("decoder_type"),
       resample_filter=tuple(opt("resample_filter")), fourier_scale=float(g("fourier_scale", 16.0)),
       fourier_freqs=None if freqs is None else tuple(freqs), fourier_seed=int(g("fourier_seed", 0)),
-      num_groups=int(g("num_groups", 32)), dtype=jnp.dtype(g("dtype", "float32")), rngs=rngs)
+      num_groups=int(g("num_groups", 32)), dtype=jnp.dtype(g("dtype", "float32")),
+      remat=bool(g("remat", False)), rngs=rngs)
 
 
 def build_ddpmpp(model_cfg, *, img_resolution, img_channels, label_dim, rngs):

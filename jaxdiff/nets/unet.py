@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxdiff.nets.layers import remat_forward
+
 
 def _groups(channels: int) -> int:
   """The most groups (at most 32, at least 4 channels each) that divide `channels`."""
@@ -29,7 +31,9 @@ def positional_embedding(c_noise: jax.Array, dim: int, max_positions: int = 1000
 
 
 class ResBlock(nnx.Module):
-  def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float, dtype, *, rngs: nnx.Rngs):
+  def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float, dtype, *, remat=False,
+               rngs: nnx.Rngs):
+    self.remat = bool(remat)
     self.norm0 = nnx.GroupNorm(cin, num_groups=_groups(cin), epsilon=1e-6, dtype=dtype, rngs=rngs)
     self.conv0 = nnx.Conv(cin, cout, (3, 3), dtype=dtype, rngs=rngs)
     # Embedding gives a per-channel scale and shift (adaptive GroupNorm).
@@ -42,6 +46,11 @@ class ResBlock(nnx.Module):
     self.skip = nnx.Conv(cin, cout, (1, 1), dtype=dtype, rngs=rngs) if cin != cout else None
 
   def __call__(self, x, emb, *, train: bool, rngs):
+    if self.remat:
+      return remat_forward(self, x, emb, train=train, rngs=rngs)
+    return self.forward(x, emb, train=train, rngs=rngs)
+
+  def forward(self, x, emb, *, train: bool, rngs):
     h = self.conv0(nnx.silu(self.norm0(x)))
     scale, shift = jnp.split(self.affine(emb)[:, None, None, :], 2, axis=-1)
     h = nnx.silu(self.norm1(h) * (1 + scale) + shift)
@@ -70,7 +79,8 @@ class UNet(nnx.Module):
   def __init__(self, *, img_resolution: int, in_channels: int, out_channels: int, label_dim: int = 0,
                augment_dim: int = 0, model_channels: int = 64, channel_mult=(1, 2),
                num_blocks: int = 2, attn_resolutions=(4,), dropout: float = 0.1,
-               label_dropout: float = 0.0, dtype=jnp.float32, rngs: nnx.Rngs):
+               label_dropout: float = 0.0, dtype=jnp.float32, remat: bool = False,
+               rngs: nnx.Rngs):
     self.model_channels = model_channels
     self.label_dropout = label_dropout
     self.dtype = dtype
@@ -85,7 +95,8 @@ class UNet(nnx.Module):
     down, skips, c, res = [], [model_channels], model_channels, img_resolution
     for level, mult in enumerate(channel_mult):
       for _ in range(num_blocks):
-        down.append(ResBlock(c, model_channels * mult, emb_dim, dropout, dtype, rngs=rngs))
+        down.append(ResBlock(c, model_channels * mult, emb_dim, dropout, dtype, remat=remat,
+                             rngs=rngs))
         c = model_channels * mult
         down.append(Attention(c, dtype, rngs=rngs) if res in attn_resolutions else None)
         skips.append(c)
@@ -94,14 +105,15 @@ class UNet(nnx.Module):
         skips.append(c)
         res //= 2
     self.down = nnx.List(down)
-    self.mid = nnx.List([ResBlock(c, c, emb_dim, dropout, dtype, rngs=rngs),
+    self.mid = nnx.List([ResBlock(c, c, emb_dim, dropout, dtype, remat=remat, rngs=rngs),
                          Attention(c, dtype, rngs=rngs),
-                         ResBlock(c, c, emb_dim, dropout, dtype, rngs=rngs)])
+                         ResBlock(c, c, emb_dim, dropout, dtype, remat=remat, rngs=rngs)])
     up = []
     for level, mult in reversed(list(enumerate(channel_mult))):
       for _ in range(num_blocks + 1):
         cskip = skips.pop()
-        up.append(ResBlock(c + cskip, model_channels * mult, emb_dim, dropout, dtype, rngs=rngs))
+        up.append(ResBlock(c + cskip, model_channels * mult, emb_dim, dropout, dtype, remat=remat,
+                           rngs=rngs))
         c = model_channels * mult
         up.append(Attention(c, dtype, rngs=rngs) if res in attn_resolutions else None)
       if level != 0:
@@ -161,4 +173,5 @@ def build(model_cfg, *, img_resolution, img_channels, label_dim, rngs):
               model_channels=model_cfg.model_channels, channel_mult=tuple(model_cfg.channel_mult),
               num_blocks=model_cfg.num_blocks, attn_resolutions=tuple(model_cfg.attn_resolutions),
               dropout=model_cfg.dropout, label_dropout=model_cfg.get("label_dropout", 0.0),
-              dtype=jnp.dtype(model_cfg.get("dtype", "float32")), rngs=rngs)
+              dtype=jnp.dtype(model_cfg.get("dtype", "float32")),
+              remat=bool(model_cfg.get("remat", False)), rngs=rngs)

@@ -19,6 +19,8 @@ CKPT_DIR = "checkpoints"
 
 # Config sections whose change makes old weights mean something else (or not fit).
 _WEIGHT_DEFINING = ("model", "data.resolution", "data.channels", "data.num_classes", "precond")
+# Keys inside those sections that change how the step computes, not what the weights mean.
+_COMPUTE_ONLY = ("remat",)
 
 
 def fingerprint(cfg_dict: dict) -> dict:
@@ -27,6 +29,8 @@ def fingerprint(cfg_dict: dict) -> dict:
     node = cfg_dict
     for part in key.split("."):
       node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+      node = {k: v for k, v in node.items() if k not in _COMPUTE_ONLY}
     out[key] = node
   return out
 
