@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 
+from jaxdiff import xla_cpu
 from jaxdiff.errors import JaxdiffError
 
 # name -> (module, one-line help)
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
   bad = [a for a in extra if not a.startswith("--config.")]
   if bad:
     parser.error(f"unrecognized arguments: {' '.join(bad)}")
+  xla_cpu.apply()  # before any JAX computation starts a backend (XLA reads the flags then)
   module = importlib.import_module(args._module)
   try:
     return int(module.run(args, extra) or 0)
