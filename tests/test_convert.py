@@ -192,6 +192,16 @@ def test_convert_cli_writes_a_checkpoint_that_load_uses(tmp_path):
   with open(os.path.join(workdir, "config.json")) as f:
     assert len(json.load(f)["model"]["fourier_freqs"]) == 16  # 2 * 16 noise channels / 2
   assert main(args + overrides) == 2  # refuses to overwrite a workdir with checkpoints
+  # Fine-tuning with the plain config file: the frequencies come from the workdir's record.
+  from jaxdiff.config import to_json
+  from jaxdiff.errors import JaxdiffError
+  from jaxdiff.train import checkpoint as ckpt_lib
+  plain = load_config("configs/cifar10_ncsnpp.py", overrides)
+  with pytest.raises(JaxdiffError, match="fourier_freqs"):
+    ckpt_lib.check_or_write_config(workdir, to_json(plain))
+  assert ckpt_lib.adopt_recorded(workdir, plain) == ["fourier_freqs"]
+  np.testing.assert_array_equal(np.float32(plain.model.fourier_freqs), sd["model.map_noise.freqs"])
+  ckpt_lib.check_or_write_config(workdir, to_json(plain))  # accepted now
   wrong = ["convert-edm", "--src", str(tmp_path / "edm.npz"), "--config",
            "configs/cifar10_ddpmpp.py", "--workdir", str(tmp_path / "run2")]
   assert main(wrong + overrides) == 2  # another architecture: one-line error, exit 2

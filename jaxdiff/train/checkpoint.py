@@ -68,6 +68,28 @@ def read_config_dict(workdir: str) -> dict:
     return json.load(f)
 
 
+# Model keys a workdir records from its weights (convert-edm's NCSN++ Fourier frequencies, a buffer
+# of the reference network) that config files leave out: a run on that workdir takes the record's.
+_RECORDED = ("fourier_freqs",)
+
+
+def adopt_recorded(workdir: str, cfg) -> list[str]:
+  """Copies _RECORDED model keys from the workdir's config.json into `cfg` where `cfg` has none;
+  returns the keys copied."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    return []
+  with open(path) as f:
+    recorded = (json.load(f).get("model") or {})
+  adopted = []
+  for key in _RECORDED:
+    if recorded.get(key) is not None and cfg.model.get(key) is None:
+      with cfg.unlocked():
+        cfg.model[key] = recorded[key]
+      adopted.append(key)
+  return adopted
+
+
 def check_or_write_config(workdir: str, cfg_json: str) -> None:
   """Refuses a config whose weights would not match the workdir's; records it otherwise."""
   new = json.loads(cfg_json)

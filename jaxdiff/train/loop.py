@@ -71,6 +71,7 @@ def train(cfg, workdir: str) -> dict:
   t = cfg.training
   sharding_lib.maybe_initialize_distributed(t.get("distributed", "auto"))
   ckpt_lib.ensure_writable(workdir)
+  ckpt_lib.adopt_recorded(workdir, cfg)  # e.g. a converted NCSN++'s Fourier frequencies
   ckpt_lib.check_or_write_config(workdir, to_json(cfg))
   source = build.make_source(cfg)
   mesh = sharding_lib.make_mesh()
