@@ -190,12 +190,25 @@ def run_variant(args):
   return out
 
 
-def report(paths):
-  rows = []
+def _merge(paths):
+  """One result per (row name, boundaries, budget): the runs of several files (e.g. one process
+  per seed) are pooled, a seed measured twice counted once."""
+  merged = {}
   for p in sorted(paths):
     with open(p) as f:
       r = json.load(f)
     name = r["args"].get("name") or r["variant"]
+    key = (name, tuple(r["boundaries"]), r["args"]["steps"], tuple(r["args"]["eval_at"]))
+    if key not in merged:
+      merged[key] = dict(r, runs=[])
+    seen = {run["seed"] for run in merged[key]["runs"]}
+    merged[key]["runs"] += [run for run in r["runs"] if run["seed"] not in seen]
+  return merged
+
+
+def report(paths):
+  rows = []
+  for (name, *_), r in _merge(paths).items():
     for i, frac in enumerate(r["args"]["eval_at"]):
       acc = [run["evals"][i]["accuracy"] for run in r["runs"] if len(run["evals"]) > i]
       fdd = [run["evals"][i]["fdd"] for run in r["runs"] if len(run["evals"]) > i]
@@ -209,13 +222,19 @@ def report(paths):
   print("| variant | boundaries σ | params | train GFLOPs | steps | seeds | accuracy | FDD |")
   print("|---|---|---|---|---|---|---|---|")
   print("\n".join(rows))
+  print()
+  print("| variant | seed | stage counts (steps per stage) |")
+  print("|---|---|---|")
+  for (name, *_), r in _merge(paths).items():
+    for run in sorted(r["runs"], key=lambda run: run["seed"]):
+      print(f"| {name} | {run['seed']} | {' / '.join(str(c) for c in run['stage_counts'])} |")
 
 
 def main():
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   ap.add_argument("--variant", choices=("unified", "separate", "multistage"))
   ap.add_argument("--name", default=None, help="row name in the report")
-  ap.add_argument("--boundaries", type=float, nargs="*", default=(1.536, 44.4))
+  ap.add_argument("--boundaries", type=float, nargs="*", default=(1.536, 37.53))
   ap.add_argument("--width", type=int, default=16)
   ap.add_argument("--decoders", type=int, nargs="*", default=(24, 16, 4))
   ap.add_argument("--steps", type=int, default=600, help="unified steps = the FLOP budget")
