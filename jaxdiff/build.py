@@ -102,3 +102,13 @@ def make_step_fn(cfg, step_cfg):
     return make_multistage_train_step(step_cfg, cfg)
   from jaxdiff.train.step import make_train_step
   return make_train_step(step_cfg)
+
+
+def compile_step(cfg, step_cfg, **jit_kwargs):
+  """The step `jaxdiff train` and `jaxdiff bench` run, compiled with `jit_kwargs` (shardings,
+  donation): make_step_fn under jax.jit, or for stochastic multi-stage training one program per
+  stage (multistage.step.StageDispatch)."""
+  if cfg.model.arch == "multistage":
+    from jaxdiff.multistage.step import compile_multistage_step
+    return compile_multistage_step(step_cfg, cfg, **jit_kwargs)
+  return jax.jit(make_step_fn(cfg, step_cfg), **jit_kwargs)

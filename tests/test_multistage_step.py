@@ -12,7 +12,7 @@ from flax import nnx
 from jaxdiff import losses, precond as precond_lib
 from jaxdiff.errors import JaxdiffError
 from jaxdiff.multistage import stages
-from jaxdiff.multistage.step import (MultiStageConfig, multistage_denoiser,
+from jaxdiff.multistage.step import (MultiStageConfig, StageDispatch, multistage_denoiser,
                                      multistage_train_step, partitioned_adam)
 from jaxdiff.nets.multistage import MultiStageUNet, c_noise_boundaries
 from jaxdiff.train.state import init_state
@@ -67,7 +67,7 @@ def test_stratified_counts():
     stages.stratified_counts((0.5, 0.5, 0.0), 2)
 
 
-def _setup(mode="stochastic", probs=(1 / 3, 1 / 3, 1 / 3), constant=True):
+def _setup(mode="stochastic", probs=(1 / 3, 1 / 3, 1 / 3), constant=True, dispatch=False):
   net = MultiStageUNet(img_resolution=4, in_channels=1, out_channels=1, label_dim=0,
                        model_channels=4, decoder_channels=(8, 4, 4),
                        c_noise_boundaries=c_noise_boundaries(BOUNDS), channel_mult=(1,),
@@ -83,7 +83,8 @@ def _setup(mode="stochastic", probs=(1 / 3, 1 / 3, 1 / 3), constant=True):
                    label_dim=0, batch_size=8, ema_halflife_images=100.0, ema_rampup_ratio=None)
   counts = stages.stratified_counts(probs, 8) if mode == "stratified" else ()
   ms = MultiStageConfig(BOUNDS, probs, mode, counts)
-  step = jax.jit(lambda s, b: multistage_train_step(cfg, ms, s, b))
+  step = (StageDispatch(cfg, ms) if dispatch
+          else jax.jit(lambda s, b: multistage_train_step(cfg, ms, s, b)))
   return graphdef, params, init_state(params, opt, 0), step
 
 
@@ -108,8 +109,9 @@ def test_training_denoiser_routes_sigma_to_the_stage_decoder():
     np.testing.assert_allclose(np.asarray(D), expect, rtol=1e-5, atol=1e-5)
 
 
-def test_idle_decoders_and_their_adam_state_are_untouched():
-  _, _, state, step = _setup(constant=False)
+@pytest.mark.parametrize("dispatch", [False, True], ids=["switch", "dispatch"])
+def test_idle_decoders_and_their_adam_state_are_untouched(dispatch):
+  _, _, state, step = _setup(constant=False, dispatch=dispatch)
   batch = {"image": jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (8, 4, 4, 1)), jnp.float32),
            "label": jnp.zeros((8,), jnp.int32)}
   seen = set()
@@ -135,6 +137,23 @@ def test_idle_decoders_and_their_adam_state_are_untouched():
             for part in ("decoder_0", "decoder_1", "decoder_2", "encoder")}
   assert counts["encoder"] == 12
   assert counts["decoder_0"] + counts["decoder_1"] + counts["decoder_2"] == 12
+
+
+def test_stage_dispatch_makes_the_switch_steps_draws_and_updates():
+  _, _, s_switch, switch = _setup(constant=False)
+  _, _, s_dispatch, dispatch = _setup(constant=False, dispatch=True)
+  rng = np.random.default_rng(1)
+  for _ in range(6):
+    batch = {"image": jnp.asarray(rng.uniform(-1, 1, (8, 4, 4, 1)), jnp.float32),
+             "label": jnp.zeros((8,), jnp.int32)}
+    s_switch, m_switch = switch(s_switch, batch)
+    s_dispatch, m_dispatch = dispatch(s_dispatch, batch)
+    assert int(m_switch["stage"]) == int(m_dispatch["stage"])
+    chex.assert_type(m_dispatch["stage"], jnp.int32)
+    np.testing.assert_allclose(float(m_dispatch["loss"]), float(m_switch["loss"]), rtol=1e-5)
+  # Float rounding differs between the two programs and Adam rescales it (lr 1e-2 here: 2.5e-5
+  # seen); a wrong decoder or stage would move parameters by ~lr.
+  chex.assert_trees_all_close(s_dispatch.params, s_switch.params, rtol=1e-4, atol=1e-4)
 
 
 def test_stratified_updates_every_decoder():

@@ -73,8 +73,16 @@ def multistage_denoiser(graphdef, params, precond, stage, *, train=False, dropou
   return denoise
 
 
+def step_stage(ms: MultiStageConfig, rng, step):
+  """The stage that stochastic step `step` trains (int32 scalar): the draw the step itself makes."""
+  stage_key = jax.random.split(jax.random.fold_in(rng, step), 4)[0]
+  return stages.draw_stage(stage_key, ms.probabilities)
+
+
 def multistage_train_step(cfg: StepConfig, ms: MultiStageConfig, state: TrainState,
-                          batch: dict) -> tuple[TrainState, dict]:
+                          batch: dict, stage: int | None = None) -> tuple[TrainState, dict]:
+  """One step. Stochastic mode draws the stage inside (traced: the network switches between
+  decoders), unless `stage` gives the step's own draw as a Python int (see StageDispatch)."""
   key = jax.random.fold_in(state.rng, state.step)
   stage_key, sigma_key, loss_key, dropout_key = jax.random.split(key, 4)
   y, labels = batch["image"], batch["label"]
@@ -89,7 +97,8 @@ def multistage_train_step(cfg: StepConfig, ms: MultiStageConfig, state: TrainSta
     raise ValueError(f"batch {B} is not divisible by grad_accum={n}")
 
   if ms.mode == "stochastic":
-    stage = stages.draw_stage(stage_key, ms.probabilities)
+    if stage is None:
+      stage = stages.draw_stage(stage_key, ms.probabilities)
     sigma = stages.sample_stage_sigma(cfg.loss, sigma_key, stage, ms.boundaries, (B,))
 
     def loss_fn(params, m, y, sigma, class_labels, aug_labels):
@@ -147,14 +156,47 @@ def multistage_train_step(cfg: StepConfig, ms: MultiStageConfig, state: TrainSta
     updates["extra_emas"] = tuple(emas[1:])
   new_state = state.replace(**updates)
   grad_norm = jnp.sqrt(sum(jnp.sum(g.astype(jnp.float32) ** 2) for g in jax.tree.leaves(grads)))
-  return new_state, dict(loss=loss, grad_norm=grad_norm, grads_finite=finite, stage=stage)
+  return new_state, dict(loss=loss, grad_norm=grad_norm, grads_finite=finite,
+                         stage=jnp.asarray(stage, jnp.int32))
+
+
+class StageDispatch:
+  """(state, batch) -> (state, metrics) for stochastic training: one compiled step per stage.
+
+  Each call reads the step's stage (`step_stage`, the draw the step would make; one scalar from
+  the device) and runs that stage's own program, in which the decoder is fixed. Why not one
+  program with the network's lax.switch: XLA:CPU (jaxlib 0.10) lowers the weight gradients of
+  convolutions inside a conditional branch with its naive loop emitter; on
+  configs/digits_multistage.py that step took 5.1 s against 0.83 s for a stratified step that
+  runs all three decoders. A stage's program is compiled on its first draw.
+  """
+
+  def __init__(self, cfg: StepConfig, ms: MultiStageConfig, **jit_kwargs):
+    self._stage = jax.jit(lambda rng, step: step_stage(ms, rng, step))
+    self._steps = [jax.jit(lambda state, batch, k=k: multistage_train_step(cfg, ms, state, batch,
+                                                                           stage=k),
+                           **jit_kwargs) for k in range(len(ms.probabilities))]
+
+  def __call__(self, state: TrainState, batch: dict):
+    return self._steps[int(self._stage(state.rng, state.step))](state, batch)
 
 
 def make_multistage_train_step(cfg: StepConfig, config) -> Callable:
-  """Compiled (state, batch) -> (state, metrics) for a multi-stage `config` (the full config)."""
+  """(state, batch) -> (state, metrics) for a multi-stage `config` (the full config): the jitted
+  step of stratified mode, or a traced-stage step for stochastic mode (`compile_multistage_step`
+  gives the faster per-stage dispatch)."""
   ms = multistage_config(config, cfg.loss, cfg.batch_size)
   return jax.jit(lambda state, batch: multistage_train_step(cfg, ms, state, batch),
                  donate_argnums=0)
+
+
+def compile_multistage_step(cfg: StepConfig, config, **jit_kwargs) -> Callable:
+  """The train step `jaxdiff train` runs: StageDispatch (stochastic) or one jitted program
+  (stratified), compiled with `jit_kwargs` (shardings, donation)."""
+  ms = multistage_config(config, cfg.loss, cfg.batch_size)
+  if ms.mode == "stochastic":
+    return StageDispatch(cfg, ms, **jit_kwargs)
+  return jax.jit(lambda state, batch: multistage_train_step(cfg, ms, state, batch), **jit_kwargs)
 
 
 def _part_labels(params):

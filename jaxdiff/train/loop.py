@@ -96,11 +96,9 @@ def train(cfg, workdir: str) -> dict:
   start = int(state.step)
 
   batch_sh = sharding_lib.batch_sharding(mesh)
-  # build.make_step_fn picks the step (plain or multi-stage); re-jitting it with the mesh's
-  # shardings compiles it for this layout (the inner jit is inlined).
-  inner = build.make_step_fn(cfg, step_cfg)
-  step_fn = jax.jit(inner, donate_argnums=0, in_shardings=(state_sh, batch_sh),
-                    out_shardings=(state_sh, sharding_lib.replicated(mesh)))
+  # build.compile_step picks the step (plain or multi-stage) and compiles it for the mesh's layout.
+  step_fn = build.compile_step(cfg, step_cfg, donate_argnums=0, in_shardings=(state_sh, batch_sh),
+                               out_shardings=(state_sh, sharding_lib.replicated(mesh)))
 
   from tensorboardX import SummaryWriter
   writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
