@@ -165,3 +165,32 @@ def test_stratified_updates_every_decoder():
   for j in range(3):
     part = f"decoder_{j}"
     assert not _same(_leaves_by_part(new.params, part), _leaves_by_part(state.params, part))
+
+
+@pytest.mark.slow  # end to end through the CLI: per-stage programs, checkpoints, resume, sampling
+def test_cli_trains_resumes_and_samples_a_multistage_model(tmp_path):
+  import json
+  import os
+
+  from conftest import ROOT, run_cli
+  config = os.path.join(ROOT, "configs", "digits_multistage.py")
+  small = ["--config.model.model_channels=8", "--config.model.decoder_channels=(8,8,4)",
+           "--config.model.channel_mult=(1,)", "--config.model.num_blocks=1",
+           "--config.model.attn_resolutions=()", "--config.model.stage_boundaries=(0.5,2.0)",
+           "--config.training.batch_size=16", "--config.training.checkpoint_every=3",
+           "--config.training.log_every=1", "--config.training.sample_every=0",
+           "--config.sampler.num_steps=3"]
+  workdir = str(tmp_path / "ms")
+  code, out, err = run_cli("train", "--config", config, "--workdir", workdir, "--json",
+                           "--config.training.steps=3", *small)
+  assert code == 0, err[-2000:]
+  assert json.loads(out)["steps"] == 3
+  code, out, err = run_cli("train", "--config", config, "--workdir", workdir, "--json",
+                           "--config.training.steps=6", *small)
+  assert code == 0, err[-2000:]
+  assert "resuming" in err and json.loads(out)["start_step"] == 3
+  samples = tmp_path / "s.npz"
+  code, _, err = run_cli("sample", "--workdir", workdir, "--num", "6", "--out", str(samples))
+  assert code == 0, err[-2000:]
+  data = np.load(samples)
+  assert data["images"].shape == (6, 8, 8, 1) and data["images"].dtype == np.uint8
