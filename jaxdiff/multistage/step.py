@@ -84,7 +84,7 @@ def multistage_train_step(cfg: StepConfig, ms: MultiStageConfig, state: TrainSta
   """One step. Stochastic mode draws the stage inside (traced: the network switches between
   decoders), unless `stage` gives the step's own draw as a Python int (see StageDispatch)."""
   key = jax.random.fold_in(state.rng, state.step)
-  stage_key, sigma_key, loss_key, dropout_key = jax.random.split(key, 4)
+  _, sigma_key, loss_key, dropout_key = jax.random.split(key, 4)  # [0]: step_stage's key
   y, labels = batch["image"], batch["label"]
   aug_labels = batch.get("augment_labels")
   if getattr(cfg, "augment", None) is not None:
@@ -98,7 +98,7 @@ def multistage_train_step(cfg: StepConfig, ms: MultiStageConfig, state: TrainSta
 
   if ms.mode == "stochastic":
     if stage is None:
-      stage = stages.draw_stage(stage_key, ms.probabilities)
+      stage = step_stage(ms, state.rng, state.step)
     sigma = stages.sample_stage_sigma(cfg.loss, sigma_key, stage, ms.boundaries, (B,))
 
     def loss_fn(params, m, y, sigma, class_labels, aug_labels):
