@@ -1,6 +1,6 @@
 """Throughput of the compiled train step and of a full sampler run, compile time apart.
 
-The train step is the one `jaxdiff train` runs (build.make_step_fn, jitted over the device mesh);
+The train step is the one `jaxdiff train` runs (build.compile_step, jitted over the device mesh);
 sampling is `Model.sample`'s compiled function. Inputs are random: speed does not depend on data.
 """
 

@@ -95,11 +95,10 @@ def make_source(cfg):
 
 
 def make_step_fn(cfg, step_cfg):
-  """The compiled train step for this config: the plain one, or a multi-stage one that trains one
-  noise stage's decoder per step."""
+  """The plain train step (state, batch) -> (state, metrics); multi-stage configs get theirs from
+  `compile_step`."""
   if cfg.model.arch == "multistage":
-    from jaxdiff.multistage.step import make_multistage_train_step
-    return make_multistage_train_step(step_cfg, cfg)
+    raise ValueError("multi-stage configs compile their step with build.compile_step")
   from jaxdiff.train.step import make_train_step
   return make_train_step(step_cfg)
 

@@ -181,15 +181,6 @@ class StageDispatch:
     return self._steps[int(self._stage(state.rng, state.step))](state, batch)
 
 
-def make_multistage_train_step(cfg: StepConfig, config) -> Callable:
-  """(state, batch) -> (state, metrics) for a multi-stage `config` (the full config): the jitted
-  step of stratified mode, or a traced-stage step for stochastic mode (`compile_multistage_step`
-  gives the faster per-stage dispatch)."""
-  ms = multistage_config(config, cfg.loss, cfg.batch_size)
-  return jax.jit(lambda state, batch: multistage_train_step(cfg, ms, state, batch),
-                 donate_argnums=0)
-
-
 def compile_multistage_step(cfg: StepConfig, config, **jit_kwargs) -> Callable:
   """The train step `jaxdiff train` runs: StageDispatch (stochastic) or one jitted program
   (stratified), compiled with `jit_kwargs` (shardings, donation)."""
