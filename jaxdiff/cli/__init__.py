@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from jaxdiff import xla_cpu
+from jaxdiff import compile_cache, xla_cpu
 from jaxdiff.errors import JaxdiffError
 
 # name -> (module, one-line help)
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
   if bad:
     parser.error(f"unrecognized arguments: {' '.join(bad)}")
   xla_cpu.apply()  # before any JAX computation starts a backend (XLA reads the flags then)
+  compile_cache.apply()  # compiled programs persist across commands (jaxdiff/compile_cache.py)
   module = importlib.import_module(args._module)
   try:
     return int(module.run(args, extra) or 0)
