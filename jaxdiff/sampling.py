@@ -12,6 +12,16 @@
 - "unipc": UniPC-2 (Zhao et al. 2023; B(h) = expm1(−h), data prediction): the DPM-Solver++(2M)
   predictor plus the UniC corrector, which reuses the next step's D, so NFE stays N.
 - "euler_ancestral": Euler to σ_down plus fresh noise σ_up (η = 1 by default).
+- "dpmpp_3m": DPM-Solver++(3M) (Lu et al. 2022; k-diffusion's `sample_dpmpp_3m_sde` with η = 0):
+  data prediction in λ = −ln σ, third order from the two previous D's (order 1, 2, 3 warm-up).
+- "dpmpp_2m_sde", "dpmpp_3m_sde": k-diffusion's DPM-Solver++(2M) SDE (solver_type "midpoint") and
+  (3M) SDE: the same multistep updates with e^{−(1+η)h} decay plus fresh noise
+  σ_{i+1}·√(1 − e^{−2ηh})·s_noise·ε (η = `eta`, default 1; η = 0 gives the ODE solvers).
+- "consistency": multistep consistency sampling (Song et al. 2023, Algorithm 1) with `denoise` the
+  consistency function f(x, σ): x = f(σ_0·z, σ_0), then x ← f(x + √(τ_n² − σ_min²)·ε, τ_n).
+
+`sigmas=` (num_steps + 1 decreasing noise levels ending at 0, e.g. from `jaxdiff.timesteps`)
+replaces the discretization for every solver.
 
 The grid and every per-step coefficient are computed on the host in float64 from Python numbers
 before tracing, so they are compile-time constants: the caller jits a function of (latents, key,
@@ -32,7 +42,8 @@ import numpy as np
 from jaxdiff import schedules
 from jaxdiff.errors import JaxdiffError
 
-SOLVERS = ("euler", "heun", "euler_ancestral", "dpmpp_2m", "ipndm", "unipc")
+SOLVERS = ("euler", "heun", "euler_ancestral", "dpmpp_2m", "ipndm", "unipc", "dpmpp_3m",
+           "dpmpp_2m_sde", "dpmpp_3m_sde", "consistency")
 _ABLATION_SOLVERS = ("euler", "heun")
 
 
@@ -138,6 +149,30 @@ def _make_grid(num_steps, sigma_min, sigma_max, rho, discretization, schedule, s
   return _Grid(np.append(t, 0.0), sched, scal)
 
 
+def _explicit_grid(sigmas, num_steps, sigma_min, sigma_max, discretization, schedule, scaling,
+                   epsilon_s, round_sigma):
+  """The grid of a caller's `sigmas` (σ_0 > ... > σ_{N−1} > σ_N = 0), checked on the host."""
+  if isinstance(sigmas, jax.core.Tracer):
+    raise JaxdiffError("sigmas must be a concrete array (a static value, not traced)")
+  sig = np.asarray(sigmas, np.float64)
+  if sig.ndim != 1 or len(sig) != num_steps + 1:
+    raise JaxdiffError(f"sigmas must hold num_steps + 1 = {num_steps + 1} noise levels, got shape "
+                       f"{sig.shape}; pass num_steps={max(sig.size - 1, 1)} or another grid")
+  if not (np.all(np.isfinite(sig)) and sig[-1] == 0 and np.all(np.diff(sig) < 0)):
+    raise JaxdiffError("sigmas must be finite, strictly decreasing and end at 0, got "
+                       f"{np.array2string(sig, precision=4, threshold=8)}")
+  if discretization not in schedules.DISCRETIZATIONS:
+    raise JaxdiffError(f"unknown discretization {discretization!r}; choose one of "
+                       f"{', '.join(schedules.DISCRETIZATIONS)}")
+  default_min, default_max = schedules.default_sigma_range(discretization, epsilon_s)
+  sigma_min = default_min if sigma_min is None else sigma_min
+  sigma_max = default_max if sigma_max is None else sigma_max
+  sigma_min, sigma_max = _check_range(sigma_min, sigma_max)
+  sched = schedules.make_schedule(schedule, sigma_min, sigma_max, epsilon_s)
+  t = sched.sigma_inv(_host_round(round_sigma, sig[:-1]))
+  return _Grid(np.append(t, 0.0), sched, schedules.make_scaling(scaling))
+
+
 def _const(a, dtype):
   return jnp.asarray(np.asarray(a, np.float64), dtype)
 
@@ -149,12 +184,16 @@ def sample(denoise: Callable, latents, solver: str = "heun", num_steps: int = 18
            s_noise: float = 1.0, key=None, *, discretization: str = "edm",
            schedule: str = "linear", scaling: str = "none", alpha: float = 1.0,
            epsilon_s: float = 1e-3, C_1: float = 0.001, C_2: float = 0.008, M: int = 1000,
-           round_sigma: Callable | None = None, eta: float = 1.0):
+           round_sigma: Callable | None = None, eta: float = 1.0, sigmas=None):
   """Runs `solver` from latents·σ_0 (·s(t_0)) down to σ = 0; returns x_0 in the latents' dtype.
 
   denoise(x [B, ...], sigma [B]) -> D(x; σ). sigma_min / sigma_max default to the
   discretization's reference range (0.002 / 80 for edm). `round_sigma` (e.g. a preconditioning's)
   rounds the grid to noise levels the network supports. All options must be Python values.
+  `sigmas` (num_steps + 1 decreasing values ending at 0, NumPy or concrete) replaces the
+  discretization's grid for every solver. For "consistency", `denoise` is the consistency
+  function, sigma_min is its ε (noise √(τ² − ε²) is added before each later evaluation), and the
+  default grid is the num_steps largest points of the (num_steps + 1)-point discretization.
   """
   _check_solver(solver)
   _check_steps(num_steps)
@@ -171,8 +210,16 @@ def sample(denoise: Callable, latents, solver: str = "heun", num_steps: int = 18
                          "options need solver 'euler' or 'heun'")
     if s_churn > 0:
       raise JaxdiffError(f"S_churn applies to 'euler'/'heun' only, not {solver!r}; set s_churn=0")
-  grid = _make_grid(num_steps, sigma_min, sigma_max, rho, discretization, schedule, scaling,
-                    epsilon_s, C_1, C_2, M, round_sigma)
+  if sigmas is not None:
+    grid = _explicit_grid(sigmas, int(num_steps), sigma_min, sigma_max, discretization, schedule,
+                          scaling, epsilon_s, round_sigma)
+  elif solver == "consistency":  # drop the grid's σ_min: f(·, σ_min) is the identity
+    grid = _make_grid(num_steps + 1, sigma_min, sigma_max, rho, discretization, schedule, scaling,
+                      epsilon_s, C_1, C_2, M, round_sigma)
+    grid = grid._replace(t_steps=np.append(grid.t_steps[:-2], 0.0))
+  else:
+    grid = _make_grid(num_steps, sigma_min, sigma_max, rho, discretization, schedule, scaling,
+                      epsilon_s, C_1, C_2, M, round_sigma)
   latents = jnp.asarray(latents)
   if not jnp.issubdtype(latents.dtype, jnp.floating):
     latents = latents.astype(jnp.float32)
@@ -180,10 +227,16 @@ def sample(denoise: Callable, latents, solver: str = "heun", num_steps: int = 18
     return _edm_sampler(denoise, latents, grid, solver == "heun", alpha, int(num_steps),
                         s_churn, s_min, s_max, s_noise, key, round_sigma)
   sig = grid.t_steps  # linear schedule: t = σ
-  fn = {"euler_ancestral": _euler_ancestral, "dpmpp_2m": _dpmpp_2m, "ipndm": _ipndm,
-        "unipc": _unipc}[solver]
   if solver == "euler_ancestral":
-    return fn(denoise, latents, sig, s_noise, eta, key)
+    return _euler_ancestral(denoise, latents, sig, s_noise, eta, key)
+  if solver in ("dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde"):
+    order = 2 if solver == "dpmpp_2m_sde" else 3
+    return _dpmpp_sde(denoise, latents, sig, order, 0.0 if solver == "dpmpp_3m" else eta,
+                      s_noise, key, solver)
+  if solver == "consistency":
+    eps = schedules.default_sigma_range(discretization, epsilon_s)[0] if sigma_min is None else sigma_min
+    return _consistency(denoise, latents, sig, _number("sigma_min", eps), s_noise, key)
+  fn = {"dpmpp_2m": _dpmpp_2m, "ipndm": _ipndm, "unipc": _unipc}[solver]
   return fn(denoise, latents, sig)
 
 
@@ -393,3 +446,100 @@ def _unipc(denoise, latents, sig):
   x0 = latents * sg[0]
   z = jnp.zeros_like(x0)
   return jax.lax.fori_loop(0, N, body, (x0, x0, z, z))[1]
+
+
+def _dpmpp_sde_coefficients(sig, order, eta):
+  """Per-step x_{i+1} = a_i·x_i + b0_i·D_i + b1_i·D_{i−1} + b2_i·D_{i−2} + c_i·ε_i (float64).
+
+  k-diffusion's DPM-Solver++(2M) SDE ("midpoint") and (3M) SDE with λ = −ln σ, h = λ_{i+1} − λ_i:
+  x ← e^{−(1+η)h}·x + (1 − e^{−(1+η)h})·D, plus (2M) ½(1 − e^{−(1+η)h})/r·(D − D_{i−1}),
+  r = h_{i−1}/h, or (3M) φ_2·d_1 − φ_3·d_2 from the divided differences of D, D_{i−1}, D_{i−2}
+  (only φ_2·(D − D_{i−1})/r on the second step), φ_2 = expm1(−h_η)/h_η + 1, φ_3 = φ_2/h_η − ½;
+  noise σ_{i+1}·√(1 − e^{−2ηh}). The step to σ = 0 is x = D.
+  """
+  N = len(sig) - 1
+  a, b0, b1, b2, c = (np.zeros(N) for _ in range(5))
+  h_prev = []
+  for i in range(N):
+    if sig[i + 1] == 0:
+      b0[i] = 1.0
+      continue
+    h = np.log(sig[i]) - np.log(sig[i + 1])
+    h_eta = h * (eta + 1)
+    a[i] = np.exp(-h_eta)
+    B = -np.expm1(-h_eta)
+    b0[i] = B
+    c[i] = sig[i + 1] * np.sqrt(-np.expm1(-2 * eta * h))
+    if order == 2 and h_prev:
+      w = 0.5 * B / (h_prev[-1] / h)
+      b0[i] += w
+      b1[i] -= w
+    elif order == 3 and h_prev:
+      phi2 = np.expm1(-h_eta) / h_eta + 1
+      r0 = h_prev[-1] / h
+      if len(h_prev) == 1:
+        b0[i] += phi2 / r0
+        b1[i] -= phi2 / r0
+      else:
+        phi3 = phi2 / h_eta - 0.5
+        r1 = h_prev[-2] / h
+        # φ2·d1 − φ3·d2 = α·d1_0 + β·d1_1, d1_0 = (D − D1)/r0, d1_1 = (D1 − D2)/r1
+        alpha = phi2 * (1 + r0 / (r0 + r1)) - phi3 / (r0 + r1)
+        beta = -phi2 * r0 / (r0 + r1) + phi3 / (r0 + r1)
+        b0[i] += alpha / r0
+        b1[i] += -alpha / r0 + beta / r1
+        b2[i] -= beta / r1
+    h_prev.append(h)
+  return a, b0, b1, b2, c
+
+
+def _dpmpp_sde(denoise, latents, sig, order, eta, s_noise, key, solver):
+  """DPM-Solver++(2M/3M) SDE (η > 0) or ODE (η = 0); see `_dpmpp_sde_coefficients`. NFE = N."""
+  dtype = latents.dtype
+  N = len(sig) - 1
+  a, b0, b1, b2, c = _dpmpp_sde_coefficients(sig, order, eta)
+  c = c * s_noise
+  stochastic = bool(np.any(c > 0))
+  keys = None
+  if stochastic:
+    if key is None:
+      raise JaxdiffError(f"solver {solver!r} draws noise (eta > 0) and needs key=; pass a PRNG key")
+    keys = sample_keys(key, latents.shape[0])
+  a, b0, b1, b2, c, sg = (_const(v, dtype) for v in (a, b0, b1, b2, c, sig[:-1]))
+  den = _denoiser(denoise, latents)
+
+  def body(i, carry):
+    x, D1, D2 = carry
+    D = den(x, sg[i])
+    x = a[i] * x + b0[i] * D + b1[i] * D1 + b2[i] * D2
+    if stochastic:
+      x = x + c[i] * _step_noise(keys, i, x.shape[1:], dtype)
+    return x, D, D1
+
+  x0 = latents * sg[0]
+  z = jnp.zeros_like(x0)
+  return jax.lax.fori_loop(0, N, body, (x0, z, z))[0]
+
+
+def _consistency(denoise, latents, sig, eps, s_noise, key):
+  """Song et al. 2023, Algorithm 1: x = f(σ_0·z, σ_0); x ← f(x + √(τ_n² − ε²)·s_noise·ε_n, τ_n)."""
+  dtype = latents.dtype
+  tau = sig[:-1]
+  if np.any(tau[1:] <= eps):
+    raise JaxdiffError(f"consistency sampling needs every later noise level > sigma_min = {eps}, "
+                       f"got {np.array2string(tau, precision=4)}")
+  K = len(tau)
+  if K > 1 and key is None:
+    raise JaxdiffError("solver 'consistency' with num_steps > 1 draws noise and needs key=; pass a "
+                       "PRNG key")
+  keys = sample_keys(key, latents.shape[0]) if K > 1 else None
+  noise_c = _const(np.sqrt(np.clip(tau**2 - eps**2, 0, None)) * s_noise, dtype)
+  sg = _const(tau, dtype)
+  f = _denoiser(denoise, latents)
+
+  def body(n, x):
+    x = x + noise_c[n] * _step_noise(keys, n, x.shape[1:], dtype)
+    return f(x, sg[n])
+
+  x = f(latents * sg[0], sg[0])
+  return jax.lax.fori_loop(1, K, body, x) if K > 1 else x

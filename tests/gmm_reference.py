@@ -205,3 +205,62 @@ def unipc(D, latents, sigmas, order=2):
     Ds.append(D_new)
     ls.append(lam(t))
   return x
+
+
+def dpmpp_2m_sde(D, latents, sigmas, eta=1.0, s_noise=1.0, noise=None):
+  """DPM-Solver++(2M) SDE, midpoint form, written in k-diffusion's loop order; noise[i] at step i."""
+  x = np.asarray(latents, np.float64) * sigmas[0]
+  old, h_last = None, None
+  for i in range(len(sigmas) - 1):
+    den = D(x, sigmas[i])
+    if sigmas[i + 1] == 0:
+      x = den
+    else:
+      h = np.log(sigmas[i]) - np.log(sigmas[i + 1])
+      eh = eta * h
+      x = sigmas[i + 1] / sigmas[i] * np.exp(-eh) * x + (1 - np.exp(-h - eh)) * den
+      if old is not None:
+        r = h_last / h
+        x = x + 0.5 * (1 - np.exp(-h - eh)) / r * (den - old)
+      if eta:
+        x = x + noise[i] * sigmas[i + 1] * np.sqrt(1 - np.exp(-2 * eh)) * s_noise
+      h_last = h
+    old = den
+  return x
+
+
+def dpmpp_3m_sde(D, latents, sigmas, eta=1.0, s_noise=1.0, noise=None):
+  """DPM-Solver++(3M) SDE (eta = 0: the ODE solver DPM-Solver++(3M)) with divided differences."""
+  x = np.asarray(latents, np.float64) * sigmas[0]
+  d_1 = d_2 = h_1 = h_2 = None
+  for i in range(len(sigmas) - 1):
+    den = D(x, sigmas[i])
+    if sigmas[i + 1] == 0:
+      x = den
+    else:
+      h = -np.log(sigmas[i + 1]) + np.log(sigmas[i])
+      he = h * (eta + 1)
+      x = np.exp(-he) * x + (1 - np.exp(-he)) * den
+      phi2 = (np.exp(-he) - 1) / he + 1
+      if h_2 is not None:
+        r0, r1 = h_1 / h, h_2 / h
+        g0 = (den - d_1) / r0
+        g1 = (d_1 - d_2) / r1
+        first = g0 + (g0 - g1) * r0 / (r0 + r1)
+        second = (g0 - g1) / (r0 + r1)
+        x = x + phi2 * first - (phi2 / he - 0.5) * second
+      elif h_1 is not None:
+        x = x + phi2 * (den - d_1) / (h_1 / h)
+      if eta:
+        x = x + noise[i] * sigmas[i + 1] * np.sqrt(1 - np.exp(-2 * h * eta)) * s_noise
+      h_1, h_2 = h, h_1
+    d_1, d_2 = den, d_1
+  return x
+
+
+def consistency_sample(f, latents, taus, eps, noise):
+  """Song et al. 2023, Algorithm 1 (multistep consistency sampling); noise[n] at step n >= 1."""
+  x = f(np.asarray(latents, np.float64) * taus[0], taus[0])
+  for n in range(1, len(taus)):
+    x = f(x + np.sqrt(taus[n] ** 2 - eps**2) * noise[n], taus[n])
+  return x
