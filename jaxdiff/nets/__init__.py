@@ -14,6 +14,7 @@ ARCHS = {
     "ncsnpp": "jaxdiff.nets.songunet:build_ncsnpp",
     "adm": "jaxdiff.nets.dhariwal:build_adm",
     "multistage": "jaxdiff.nets.multistage:build_multistage",
+    "edm2": "jaxdiff.nets.edm2:build_edm2",
 }
 
 
