@@ -14,6 +14,7 @@ ARCHS = {
     "ncsnpp": "jaxdiff.nets.songunet:build_ncsnpp",
     "adm": "jaxdiff.nets.dhariwal:build_adm",
     "multistage": "jaxdiff.nets.multistage:build_multistage",
+    "discriminator": "jaxdiff.nets.discriminator:build",  # d(x_σ, σ): logits [B], not an image
 }
 
 
