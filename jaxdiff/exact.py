@@ -11,6 +11,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.special import logsumexp
 
 from jaxdiff.errors import JaxdiffError
 
@@ -65,6 +66,21 @@ class GaussianMixture:
     w = jax.nn.softmax(logp, axis=-1)  # [B, K]
     post = self.means[None] + jnp.einsum("kdj,bkj->bkd", self.eigvecs, self.eigvals[None] / tot * z)
     return jnp.einsum("bk,bkd->bd", w, post).reshape(shape).astype(x.dtype)
+
+  def log_density(self, x, sigma):
+    """log p_σ(x) of the σ-diffused mixture Σ_k π_k N(μ_k, Σ_k + σ²I), normalised.
+
+    x: [B, ...] with prod(...) = d; sigma: scalar or [B]. Returns [B] in the mixture's dtype
+    (build the mixture with dtype=float64 under jax x64 for differences of log densities).
+    """
+    x = jnp.asarray(x)
+    B = x.shape[0]
+    xf = x.reshape(B, -1).astype(self.means.dtype)
+    var = jnp.broadcast_to(jnp.asarray(sigma, xf.dtype).reshape(-1), (B,))[:, None, None] ** 2
+    z = jnp.einsum("kdj,bkd->bkj", self.eigvecs, xf[:, None, :] - self.means[None])  # [B, K, d]
+    tot = self.eigvals[None] + var  # [B, K, d]
+    logp = self.log_weights[None] - 0.5 * jnp.sum(z**2 / tot + jnp.log(2 * jnp.pi * tot), axis=-1)
+    return logsumexp(logp, axis=-1)
 
   def sample(self, key, n: int):
     """n true samples [n, d]."""

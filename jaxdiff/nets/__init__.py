@@ -15,6 +15,7 @@ ARCHS = {
     "adm": "jaxdiff.nets.dhariwal:build_adm",
     "multistage": "jaxdiff.nets.multistage:build_multistage",
     "edm2": "jaxdiff.nets.edm2:build_edm2",
+    "discriminator": "jaxdiff.nets.discriminator:build",  # d(x_σ, σ): logits [B], not an image
 }
 
 
