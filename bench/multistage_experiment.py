@@ -25,7 +25,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -33,7 +32,7 @@ from jaxdiff import build, losses, precond as precond_lib, sampling
 from jaxdiff.images import to_uint8
 from jaxdiff.multistage import stages
 from jaxdiff.multistage.step import (MultiStageConfig, make_multistage_optimizer,
-                                     multistage_denoiser, multistage_train_step)
+                                     multistage_train_step)
 from jaxdiff.nets.multistage import MultiStageUNet, c_noise_boundaries, stage_of
 from jaxdiff.train.state import init_state
 from jaxdiff.train.step import StepConfig
@@ -143,8 +142,7 @@ def run_variant(args):
   precond = build.make_precond(cfg)
   probs = stages.stage_probabilities(loss, boundaries) if boundaries else np.ones(1)
   ms = MultiStageConfig(boundaries, tuple(float(p) for p in probs), "stochastic", ())
-  ms_cfg = ml_collections.ConfigDict(cfg.to_dict())
-  optimizer = make_multistage_optimizer(ms_cfg)
+  optimizer = make_multistage_optimizer(build.optimizer_spec(cfg))
 
   # Budget: the unified network's cost for args.steps steps.
   uni_g, uni_p = nnx.split(make_net(args, "unified", (), 0), nnx.Param)

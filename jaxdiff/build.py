@@ -1,20 +1,18 @@
-"""The one place that reads a config: it builds the network, preconditioning, loss, optimizer, data.
+"""The one place that reads a config: `experiment(config)` turns it into frozen specs (jaxdiff.specs),
+validated once; everything downstream takes those specs and never sees the ConfigDict.
 
-Everything it returns is plain objects and pure functions; nothing downstream sees the config.
+The `make_*(cfg)` helpers below are the same readers for callers holding a config (the CLI, tests).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 
-import jax
 import ml_collections
-from flax import nnx
 
-from jaxdiff import losses, precond as precond_lib
+from jaxdiff import families, losses, precond as precond_lib, specs
 from jaxdiff.errors import JaxdiffError
-from jaxdiff.nets import build_network
-from jaxdiff.train import optim
 
 
 def _options(section, registry: dict, where: str) -> dict:
@@ -30,6 +28,24 @@ def _options(section, registry: dict, where: str) -> dict:
   chosen = fields.get(section.name, set())
   return {k: v for k, v in section.items() if k in chosen}
 
+
+def _frozen(value):
+  """Config values as hashable Python values: lists and tuples become tuples, sections dicts."""
+  if isinstance(value, (ml_collections.ConfigDict, dict)):
+    return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+  if isinstance(value, (list, tuple)):
+    return tuple(_frozen(v) for v in value)
+  return value
+
+
+def _section(cfg, name: str) -> dict:
+  """An optional config section as a plain dict ({} when absent)."""
+  section = cfg.get(name, None)
+  return {} if section is None else section.to_dict()
+
+
+# ---------------------------------------------------------------------------------------------
+# Config -> specs
 
 def make_precond(cfg):
   opts = _options(cfg.precond, precond_lib.PRECONDS, "precond")
@@ -48,66 +64,160 @@ def label_dim(cfg) -> int:
   return int(cfg.data.num_classes)
 
 
+def make_augment(cfg):
+  """data.augment_p > 0 -> the augmentation pipeline's settings (the network must take its 9
+  numbers); else None."""
+  from jaxdiff.data.augment import NUM_LABELS, AugmentConfig
+  p = float(cfg.data.get("augment_p", 0.0) or 0.0)
+  if p == 0.0:
+    return None
+  if not 0.0 < p <= 1.0:
+    raise JaxdiffError(f"data.augment_p={p} is not a probability; use a value in [0, 1]")
+  dim = int(cfg.model.get("augment_dim", 0) or 0)
+  if dim != NUM_LABELS:
+    raise JaxdiffError(f"data.augment_p={p} needs model.augment_dim={NUM_LABELS} (got {dim}): "
+                       "without the augmentation labels the augmentations leak into samples")
+  return AugmentConfig(p=p)
+
+
+def data_spec(cfg) -> specs.DataSpec:
+  d = cfg.data
+  return specs.DataSpec(name=str(d.name), resolution=int(d.resolution), channels=int(d.channels),
+                        num_classes=int(d.num_classes), tfds_data_dir=d.get("tfds_data_dir", None),
+                        prefetch=int(d.get("prefetch", 2)))
+
+
+def network_spec(cfg, precond=None) -> specs.NetworkSpec:
+  precond = make_precond(cfg) if precond is None else precond
+  options = dict(_frozen(cfg.model))
+  options["out_channels_factor"] = precond.out_channels_factor
+  options["precond_name"] = cfg.precond.name  # multi-stage maps σ boundaries to c_noise with it
+  return specs.NetworkSpec(arch=str(cfg.model.arch), options=tuple(sorted(options.items())),
+                           img_resolution=int(cfg.data.resolution),
+                           img_channels=int(cfg.data.channels), label_dim=label_dim(cfg))
+
+
+def optimizer_spec(cfg) -> specs.OptimizerSpec:
+  t, o = cfg.training, cfg.optimizer
+  return specs.OptimizerSpec(lr=float(t.lr), batch_size=int(t.batch_size),
+                             lr_rampup_images=float(t.lr_rampup_images), beta1=float(o.beta1),
+                             beta2=float(o.beta2), eps=float(o.eps))
+
+
+def training_spec(cfg) -> specs.TrainingSpec:
+  from jaxdiff.train.state import halflives
+  t = cfg.training
+  ratio = t.ema_rampup_ratio
+  return specs.TrainingSpec(
+      steps=int(t.steps), batch_size=int(t.batch_size), seed=int(t.seed),
+      ema_halflife_images=halflives(t.ema_halflife_images),
+      ema_rampup_ratio=None if ratio is None else float(ratio),
+      checkpoint_every=int(t.checkpoint_every), keep_checkpoints=int(t.get("keep_checkpoints", 2)),
+      log_every=int(t.log_every), sample_every=int(t.sample_every or 0),
+      sample_grid=int(t.get("sample_grid", 100)), grad_accum=int(t.get("grad_accum", 1)),
+      fsdp=bool(t.get("fsdp", False)), distributed=t.get("distributed", "auto"))
+
+
+def sampling_spec(cfg, precond=None) -> specs.SamplingSpec:
+  s = cfg.sampler
+  p = make_precond(cfg) if precond is None else precond
+  # Never ask the network for σ outside what its preconditioning supports (the reference clips too).
+  return specs.SamplingSpec(
+      solver=str(s.solver), num_steps=int(s.num_steps),
+      sigma_min=max(float(s.sigma_min), float(p.sigma_min)),
+      sigma_max=min(float(s.sigma_max), float(p.sigma_max)), rho=float(s.rho),
+      s_churn=float(s.s_churn), s_min=float(s.s_min), s_max=float(s.s_max),
+      s_noise=float(s.s_noise), guidance=float(s.get("guidance", 1.0)))
+
+
+def experiment(cfg) -> specs.Experiment:
+  """The config as specs, validated once (the one-line JaxdiffErrors users see)."""
+  precond = make_precond(cfg)
+  loss = make_loss(cfg)
+  network = network_spec(cfg, precond)
+  training = training_spec(cfg)
+  family = families.for_arch(network.arch)
+  family_spec = None
+  if family.make_spec is not None:
+    family_spec = family.make_spec(network, loss, training.batch_size, _section(cfg, family.name))
+  return specs.Experiment(data=data_spec(cfg), network=network, precond=precond, loss=loss,
+                          optimizer=optimizer_spec(cfg), training=training,
+                          sampling=sampling_spec(cfg, precond), augment=make_augment(cfg),
+                          family=family.name, family_spec=family_spec)
+
+
+def workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir's run recorded (its config.json)."""
+  from jaxdiff.config import from_json
+  from jaxdiff.train import checkpoint as ckpt_lib
+  return from_json(json.dumps(ckpt_lib.read_config_dict(workdir)))
+
+
+def workdir_experiment(workdir: str) -> specs.Experiment:
+  return experiment(workdir_config(workdir))
+
+
+# ---------------------------------------------------------------------------------------------
+# Things built from a config (for callers that hold one: the CLI and tests); the library builds
+# them from specs, through the family registry.
+
 def make_network(cfg, seed: int = 0):
   """The network with fresh parameters, split into (graphdef, params)."""
-  model_cfg = ml_collections.ConfigDict(cfg.model.to_dict())
-  model_cfg.out_channels_factor = make_precond(cfg).out_channels_factor
-  model_cfg.precond_name = cfg.precond.name  # multi-stage maps σ boundaries to c_noise with it
-  net = build_network(model_cfg, img_resolution=cfg.data.resolution,
-                      img_channels=cfg.data.channels, label_dim=label_dim(cfg),
-                      rngs=nnx.Rngs(params=seed))
-  return nnx.split(net, nnx.Param)
+  return families.make_network(experiment(cfg), seed)
 
 
 def abstract_network(cfg):
   """(graphdef, params as ShapeDtypeStructs) without allocating or initialising any weights."""
-  return jax.eval_shape(lambda: make_network(cfg))  # graphdef passes through as static
+  return families.abstract_network(experiment(cfg))
 
 
 def make_optimizer(cfg):
-  if cfg.model.arch == "multistage":
-    # One Adam per part (each decoder has its own moments and step count, as in the reference).
-    from jaxdiff.multistage.step import make_multistage_optimizer
-    return make_multistage_optimizer(cfg)
-  t = cfg.training
-  return optim.adam(t.lr, t.batch_size, t.lr_rampup_images, beta1=cfg.optimizer.beta1,
-                    beta2=cfg.optimizer.beta2, eps=cfg.optimizer.eps)
+  return families.make_optimizer(experiment(cfg))
+
+
+def make_step_config(cfg, graphdef, optimizer):
+  return families.step_config(experiment(cfg), graphdef, optimizer)
 
 
 def sampler_kwargs(cfg, solver: str | None = None, num_steps: int | None = None) -> dict:
-  s = cfg.sampler
-  p = make_precond(cfg)
-  # Never ask the network for σ outside what its preconditioning supports (the reference clips too).
-  sigma_min = max(float(s.sigma_min), float(p.sigma_min))
-  sigma_max = min(float(s.sigma_max), float(p.sigma_max))
-  return dict(solver=solver or s.solver, num_steps=int(num_steps or s.num_steps),
-              sigma_min=sigma_min, sigma_max=sigma_max, rho=float(s.rho),
-              s_churn=float(s.s_churn), s_min=float(s.s_min), s_max=float(s.s_max),
-              s_noise=float(s.s_noise))
+  return sampling_spec(cfg).kwargs(solver, num_steps)
 
 
 def make_source(cfg):
-  from jaxdiff.data import check_source, open_source
-  source = open_source(cfg.data.name, tfds_data_dir=cfg.data.get("tfds_data_dir", None))
-  check_source(source, resolution=cfg.data.resolution, channels=cfg.data.channels,
-               num_classes=cfg.data.num_classes)
+  return open_source(data_spec(cfg))
+
+
+def open_source(data: specs.DataSpec):
+  """The data source a DataSpec names, checked against its resolution, channels and classes."""
+  from jaxdiff.data import check_source, open_source as open_named
+  source = open_named(data.name, tfds_data_dir=data.tfds_data_dir)
+  check_source(source, resolution=data.resolution, channels=data.channels,
+               num_classes=data.num_classes)
   return source
 
 
-def make_step_fn(cfg, step_cfg):
-  """The plain train step (state, batch) -> (state, metrics); multi-stage configs get theirs from
-  `compile_step`."""
-  if cfg.model.arch == "multistage":
-    raise ValueError("multi-stage configs compile their step with build.compile_step")
-  from jaxdiff.train.step import make_train_step
-  return make_train_step(step_cfg)
+def adopt_recorded(workdir: str, cfg) -> list[str]:
+  """Copies the model keys a workdir records from its weights (train.checkpoint._RECORDED) into
+  `cfg` where `cfg` has none; returns the keys copied."""
+  from jaxdiff.train import checkpoint as ckpt_lib
+  adopted = ckpt_lib.recorded_model_keys(workdir, cfg.model.to_dict())
+  if adopted:
+    with cfg.unlocked():
+      for key, value in adopted.items():
+        cfg.model[key] = value
+  return sorted(adopted)
 
 
-def compile_step(cfg, step_cfg, **jit_kwargs):
-  """The step `jaxdiff train` and `jaxdiff bench` run, compiled with `jit_kwargs` (shardings,
-  donation): make_step_fn under jax.jit, or for stochastic multi-stage training one program per
-  stage (multistage.step.StageDispatch)."""
-  if cfg.model.arch == "multistage":
-    from jaxdiff.multistage.step import compile_multistage_step
-    return compile_multistage_step(step_cfg, cfg, **jit_kwargs)
-  return jax.jit(make_step_fn(cfg, step_cfg), **jit_kwargs)
+def run_training(cfg, workdir: str) -> dict:
+  """`jaxdiff train`: records the config in the workdir (refusing one that changes what its
+  weights mean), builds the specs and runs the loop. Returns the loop's summary."""
+  from jaxdiff.config import to_json
+  from jaxdiff.train import checkpoint as ckpt_lib
+  from jaxdiff.train import loop
+  from jaxdiff.train import sharding as sharding_lib
+  # Before anything touches a device.
+  sharding_lib.maybe_initialize_distributed(cfg.training.get("distributed", "auto"))
+  ckpt_lib.ensure_writable(workdir)
+  adopt_recorded(workdir, cfg)  # e.g. a converted NCSN++'s Fourier frequencies
+  ckpt_lib.check_or_write_config(workdir, to_json(cfg))
+  return loop.train(experiment(cfg), workdir)

@@ -8,13 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff import build, sampling
-from jaxdiff.config import from_json
+from jaxdiff import sampling
+from jaxdiff.denoiser import make_denoiser
 from jaxdiff.errors import JaxdiffError
+from jaxdiff.guidance import cfg_guidance
 from jaxdiff.images import to_uint8
-from jaxdiff.train import checkpoint as ckpt_lib
-from jaxdiff.train.state import halflives, init_state
-from jaxdiff.train.step import make_denoiser
 
 
 def sample_keys(seed: int, start: int, count: int) -> jax.Array:
@@ -39,15 +37,9 @@ def make_sample_fn(graphdef, precond, label_dim: int, shape: tuple, sampler_item
     noise_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
     class_labels = jax.nn.one_hot(labels, label_dim) if label_dim else None
     denoise = make_denoiser(graphdef, params, precond)
-    if guidance == 1.0 or not label_dim:
-      guided = lambda x, sigma: denoise(x, sigma, class_labels=class_labels)  # noqa: E731
-    else:
-      both = jnp.concatenate([class_labels, jnp.zeros_like(class_labels)])
-
-      def guided(x, sigma):
-        d = denoise(jnp.concatenate([x, x]), jnp.concatenate([sigma, sigma]), class_labels=both)
-        d_cond, d_uncond = jnp.split(d, 2)
-        return d_uncond + guidance * (d_cond - d_uncond)
+    if guidance != 1.0 and label_dim:
+      denoise = cfg_guidance(denoise, guidance)
+    guided = lambda x, sigma: denoise(x, sigma, class_labels=class_labels)  # noqa: E731
     # The grid is rounded to σ the network supports (iDDPM's table), as the reference sampler does.
     return sampling.sample(guided, latents, key=noise_keys, round_sigma=precond.round_sigma,
                            **kwargs)
@@ -55,15 +47,16 @@ def make_sample_fn(graphdef, precond, label_dim: int, shape: tuple, sampler_item
 
 
 class Model:
-  """Network + preconditioning + sampler settings of one run, with fixed weights."""
+  """Network + preconditioning + sampler settings of one run (an Experiment), with fixed
+  weights."""
 
-  def __init__(self, cfg, graphdef, params):
-    self.cfg = cfg
+  def __init__(self, exp, graphdef, params):
+    self.exp = exp
     self.graphdef = graphdef
     self.params = params
-    self.precond = build.make_precond(cfg)
-    self.label_dim = build.label_dim(cfg)
-    self.shape = (cfg.data.resolution, cfg.data.resolution, cfg.data.channels)
+    self.precond = exp.precond
+    self.label_dim = exp.label_dim
+    self.shape = exp.data.shape
 
   def denoise(self, x, sigma, labels=None):
     """D(x; σ): x [B, H, W, C] float32, sigma [B], labels [B] int (class-conditional models)."""
@@ -105,11 +98,11 @@ class Model:
                          progress=False, guidance: float | None = None):
     if num < 1:
       raise JaxdiffError(f"--num must be at least 1 (got {num})")
-    kwargs = build.sampler_kwargs(self.cfg, solver, steps)
+    kwargs = self.exp.sampling.kwargs(solver, steps)
     labels = self.labels_for(num, label)
     batch = min(batch_size, num)
     if guidance is None:
-      guidance = float(self.cfg.sampler.get("guidance", 1.0))
+      guidance = self.exp.sampling.guidance
     fn = make_sample_fn(self.graphdef, self.precond, self.label_dim, self.shape,
                         tuple(sorted(kwargs.items())), float(guidance))
     out = []
@@ -133,14 +126,15 @@ def _denoise_jit(graphdef, precond, params, x, sigma, class_labels):
 
 
 def load(workdir: str, ema: bool = True, step: int | None = None) -> Model:
-  cfg = from_json(__import__("json").dumps(ckpt_lib.read_config_dict(workdir)))
-  graphdef, abstract_params = build.abstract_network(cfg)
-  optimizer = build.make_optimizer(cfg)
-  num_emas = len(halflives(cfg.training.ema_halflife_images))
-  abstract = jax.eval_shape(lambda p: init_state(p, optimizer, 0, num_emas), abstract_params)
+  """The Model of a workdir's checkpoint (the latest, or `step`): its EMA weights, or the raw
+  ones with ema=False."""
+  from jaxdiff import build, families
+  from jaxdiff.train import checkpoint as ckpt_lib
+  exp = build.workdir_experiment(workdir)
+  graphdef, abstract = families.abstract_state(exp)
   mngr = ckpt_lib.manager(workdir, async_save=False)
   state, _ = ckpt_lib.restore(mngr, abstract, step)
   mngr.close()
   if state is None:
     raise JaxdiffError(f"{workdir!r} has no checkpoint yet; train first with `jaxdiff train`")
-  return Model(cfg, graphdef, state.ema if ema else state.params)
+  return Model(exp, graphdef, state.ema if ema else state.params)

@@ -6,8 +6,8 @@ import pytest
 
 from conftest import DIGITS, TINY
 from jaxdiff.config import load_config
-from jaxdiff.data.augment import (SYM6, AugmentConfig, _translate, augment, draw,
-                                  make_augment, warp)
+from jaxdiff.build import make_augment
+from jaxdiff.data.augment import SYM6, AugmentConfig, _translate, augment, draw, warp
 from jaxdiff.errors import JaxdiffError
 
 OFF = dict(xflip=0, yflip=0, scale=0, rotate_frac=0, aniso=0, translate_frac=0)
@@ -133,9 +133,9 @@ def test_make_augment_checks_config():
 
 def test_train_step_with_augmentation():
   from jaxdiff import build
-  from jaxdiff.train.loop import make_step_config
+  from jaxdiff.build import make_step_config
   from jaxdiff.train.state import init_state
-  from jaxdiff.train.step import make_train_step
+  from jaxdiff.families.plain import make_train_step
   cfg = load_config(DIGITS, TINY + ["--config.data.augment_p=0.5", "--config.model.augment_dim=9"])
   graphdef, params = build.make_network(cfg)
   assert params["map_augment"]["kernel"].value.shape[0] == 9

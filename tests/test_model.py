@@ -9,7 +9,7 @@ import jaxdiff
 from conftest import DIGITS, TINY
 from jaxdiff.config import load_config
 from jaxdiff.errors import JaxdiffError
-from jaxdiff.train.loop import train
+from jaxdiff.build import run_training as train
 
 
 @pytest.fixture(scope="module")

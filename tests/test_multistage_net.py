@@ -14,7 +14,7 @@ from jaxdiff import build, precond as precond_lib, sampling
 from jaxdiff.config import load_config
 from jaxdiff.errors import JaxdiffError
 from jaxdiff.nets.multistage import MultiStageUNet, build_multistage, c_noise_boundaries
-from jaxdiff.train.step import make_denoiser
+from jaxdiff.denoiser import make_denoiser
 
 BOUNDS = (0.5, 2.0)
 
@@ -115,8 +115,9 @@ def test_builder_and_bad_boundaries():
 
 def test_info_per_stage_gflops_and_nfe_weighting():
   from jaxdiff.multistage.info import multistage_info
+  from jaxdiff import build
   cfg = load_config("configs/digits_multistage.py")
-  info = multistage_info(cfg)
+  info = multistage_info(build.experiment(cfg))
   g = info["gflops_per_stage"]
   assert len(g) == 3 and g[0] > g[1] > g[2] > 0  # decoders 48 / 32 / 8 channels
   # Heun, 18 steps: a call at σ_0..σ_17 and a correction at σ_1..σ_17 (σ_18 = 0): 35 calls.

@@ -12,8 +12,9 @@ from flax import nnx
 from jaxdiff import losses, precond as precond_lib
 from jaxdiff.errors import JaxdiffError
 from jaxdiff.multistage import stages
-from jaxdiff.multistage.step import (MultiStageConfig, StageDispatch, multistage_denoiser,
-                                     multistage_train_step, partitioned_adam)
+from jaxdiff.denoiser import make_denoiser
+from jaxdiff.multistage.step import (MultiStageConfig, StageDispatch, multistage_train_step,
+                                     partitioned_adam)
 from jaxdiff.nets.multistage import MultiStageUNet, c_noise_boundaries
 from jaxdiff.train.state import init_state
 from jaxdiff.train.step import StepConfig
@@ -102,8 +103,8 @@ def test_training_denoiser_routes_sigma_to_the_stage_decoder():
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 4, 4, 1)), jnp.float32)
   for k in range(3):
     s = stages.sample_stage_sigma(LOSS, jax.random.PRNGKey(k), jnp.int32(k), BOUNDS, (2,))
-    D = multistage_denoiser(graphdef, params, precond_lib.EDMPrecond(), jnp.int32(k),
-                            train=True)(x, s)
+    D = make_denoiser(graphdef, params, precond_lib.EDMPrecond(), stage=jnp.int32(k),
+                      train=True)(x, s)
     s64 = np.asarray(s, np.float64)[:, None, None, None]
     expect = 0.25 / (s64**2 + 0.25) * np.asarray(x) + s64 * 0.5 / np.sqrt(s64**2 + 0.25) * (k + 1)
     np.testing.assert_allclose(np.asarray(D), expect, rtol=1e-5, atol=1e-5)

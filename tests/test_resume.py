@@ -17,7 +17,7 @@ import jaxdiff
 from conftest import DIGITS, ROOT, TINY
 from jaxdiff.config import load_config
 from jaxdiff.errors import JaxdiffError
-from jaxdiff.train.loop import train
+from jaxdiff.build import run_training as train
 
 STEPS = 40
 OVERRIDES = TINY + [f"--config.training.steps={STEPS}", "--config.training.checkpoint_every=5",

@@ -19,7 +19,7 @@ import json, sys
 import numpy as np
 import jax
 from jaxdiff.config import load_config
-from jaxdiff.train.loop import train
+from jaxdiff.build import run_training as train
 import jaxdiff
 cfg_path, workdir, out, *overrides = sys.argv[1:]
 cfg = load_config(cfg_path, overrides)

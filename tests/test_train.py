@@ -12,7 +12,7 @@ from jaxdiff.config import load_config
 from jaxdiff.errors import JaxdiffError
 from jaxdiff.train import checkpoint as ckpt_lib
 from jaxdiff.train.ema import ema_beta, ema_update
-from jaxdiff.train.loop import train
+from jaxdiff.build import run_training as train
 from jaxdiff.train.optim import lr_schedule, sanitize_grads
 from jaxdiff.train.state import init_state
 
@@ -48,7 +48,8 @@ def test_sanitize_grads():
 
 
 def test_train_step_reduces_loss_on_fixed_batch(tiny_cfg):
-  from jaxdiff.train.step import StepConfig, make_train_step
+  from jaxdiff.families.plain import make_train_step
+  from jaxdiff.train.step import StepConfig
   cfg = tiny_cfg
   graphdef, params = build.make_network(cfg)
   optimizer = build.make_optimizer(cfg)
@@ -64,7 +65,7 @@ def test_train_step_reduces_loss_on_fixed_batch(tiny_cfg):
   step = make_train_step(sc)
 
   from jaxdiff import losses
-  from jaxdiff.train.step import make_denoiser
+  from jaxdiff.denoiser import make_denoiser
 
   def fixed_loss(params):
     # Same σ and noise before and after training (the step itself draws fresh ones).
@@ -145,7 +146,8 @@ def _sgd_step_cfg(cfg, **kw):
 
 def test_grad_accum_and_several_emas(tiny_cfg):
   from jaxdiff import losses
-  from jaxdiff.train.step import make_denoiser, make_train_step
+  from jaxdiff.denoiser import make_denoiser
+  from jaxdiff.families.plain import make_train_step
   halflives = (1000.0, 40.0)
   sc, params = _sgd_step_cfg(tiny_cfg, grad_accum=2)
   sc = sc.__class__(**{**sc.__dict__, "ema_halflife_images": halflives})
@@ -192,7 +194,8 @@ def test_grad_accum_and_several_emas(tiny_cfg):
 
 def test_bf16_compute_keeps_fp32_islands(tiny_cfg):
   from jaxdiff import losses
-  from jaxdiff.train.step import make_denoiser, make_train_step, net_apply
+  from jaxdiff.denoiser import make_denoiser, net_apply
+  from jaxdiff.families.plain import make_train_step
   bf_cfg = load_config(DIGITS, TINY + ["--config.model.dtype=bfloat16"])
   sc32, p32 = _sgd_step_cfg(tiny_cfg)
   sc16, p16 = _sgd_step_cfg(bf_cfg)
@@ -222,7 +225,7 @@ def test_bf16_compute_keeps_fp32_islands(tiny_cfg):
 def test_classifier_free_guidance_matches_manual(tiny_cfg):
   from jaxdiff import sampling
   from jaxdiff.model import make_sample_fn, sample_keys
-  from jaxdiff.train.step import make_denoiser
+  from jaxdiff.denoiser import make_denoiser
   graphdef, params = build.make_network(tiny_cfg)
   params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(3), x.shape),
                         params)

@@ -11,6 +11,7 @@ def add_arguments(parser):
 def run(args, extra):
   import json
 
+  from jaxdiff import build
   from jaxdiff.bench import bench
   from jaxdiff.config import load_config
   from jaxdiff.errors import JaxdiffError
@@ -18,8 +19,10 @@ def run(args, extra):
     raise JaxdiffError(f"--steps must be at least 1 (got {args.steps})")
   if args.batch is not None and args.batch < 1:
     raise JaxdiffError(f"--batch must be at least 1 (got {args.batch})")
+  if args.batch is not None:  # an override like any other: the config is never mutated
+    extra = list(extra) + [f"--config.training.batch_size={args.batch}"]
   cfg = load_config(args.config, extra)
-  result = bench(cfg, batch=args.batch, steps=args.steps)
+  result = bench(build.experiment(cfg), steps=args.steps)
   if args.json:
     print(json.dumps(result))
   else:

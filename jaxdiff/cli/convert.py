@@ -41,12 +41,11 @@ def run(args, extra):
   import jax
   import jax.numpy as jnp
 
-  from jaxdiff import build
+  from jaxdiff import build, families
   from jaxdiff.config import load_config, to_json
   from jaxdiff.convert import edm
   from jaxdiff.nets.layers import count_params
   from jaxdiff.train import checkpoint as ckpt_lib
-  from jaxdiff.train.state import halflives, init_state
 
   cfg = load_config(args.config, extra)
   ckpt_lib.ensure_writable(args.workdir)
@@ -61,10 +60,8 @@ def run(args, extra):
     raise JaxdiffError(f"workdir {args.workdir!r} already holds checkpoints; convert into a new "
                        "--workdir")
   ckpt_lib.check_or_write_config(args.workdir, to_json(cfg))
-  optimizer = build.make_optimizer(cfg)
   # every EMA the config keeps (one per half-life) starts from the imported weights
-  num_emas = len(halflives(cfg.training.ema_halflife_images))
-  state = init_state(params, optimizer, int(cfg.training.seed), num_emas)
+  state = families.train_state(build.experiment(cfg), params)
   ckpt_lib.save(mngr, 0, state, {"step": 0, "converted_from": str(args.src)})
   mngr.wait_until_finished()
   mngr.close()

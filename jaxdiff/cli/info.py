@@ -9,10 +9,11 @@ def add_arguments(parser):
 def run(args, extra):
   import json
 
+  from jaxdiff import build
   from jaxdiff.config import load_config
   from jaxdiff.info import model_info
   cfg = load_config(args.config, extra)
-  info = model_info(cfg)
+  info = model_info(build.experiment(cfg))
   if args.json:
     print(json.dumps(info))
     return 0

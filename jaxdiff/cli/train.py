@@ -10,10 +10,10 @@ def add_arguments(parser):
 def run(args, extra):
   import json
 
+  from jaxdiff.build import run_training
   from jaxdiff.config import load_config
-  from jaxdiff.train.loop import train
   cfg = load_config(args.config, extra)
-  summary = train(cfg, args.workdir)
+  summary = run_training(cfg, args.workdir)
   if args.json:
     print(json.dumps(summary))
   return 0

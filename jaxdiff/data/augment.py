@@ -45,20 +45,6 @@ class AugmentConfig:
   translate_frac_std: float = 0.125
 
 
-def make_augment(cfg) -> AugmentConfig | None:
-  """data.augment_p > 0 -> the pipeline (the network must take the 9 numbers); else None."""
-  p = float(cfg.data.get("augment_p", 0.0) or 0.0)
-  if p == 0.0:
-    return None
-  if not 0.0 < p <= 1.0:
-    raise JaxdiffError(f"data.augment_p={p} is not a probability; use a value in [0, 1]")
-  dim = int(cfg.model.get("augment_dim", 0) or 0)
-  if dim != NUM_LABELS:
-    raise JaxdiffError(f"data.augment_p={p} needs model.augment_dim={NUM_LABELS} (got {dim}): "
-                       "without the augmentation labels the augmentations leak into samples")
-  return AugmentConfig(p=p)
-
-
 def _rot(a):
   c, s = jnp.cos(a), jnp.sin(a)
   z, o = jnp.zeros_like(a), jnp.ones_like(a)

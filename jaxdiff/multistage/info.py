@@ -7,33 +7,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff import build, sampling
+from jaxdiff import families, sampling
 from jaxdiff.multistage import stages
-from jaxdiff.multistage.step import multistage_denoiser
 
 
-def stage_flops(cfg, graphdef, abstract_params, batch: int = 1) -> list:
+def stage_flops(exp, graphdef, abstract_params, batch: int = 1) -> list:
   """FLOPs (2 per multiply-add, per XLA's cost analysis) of D(x; σ) on `batch` images through
-  each stage's decoder; nothing is materialised or compiled."""
-  precond = build.make_precond(cfg)
-  label_dim = build.label_dim(cfg)
-  shape = (batch, cfg.data.resolution, cfg.data.resolution, cfg.data.channels)
-  out = []
-  for k in range(len(cfg.model.decoder_channels)):
-    def fn(params, x, sigma, labels, k=k):
-      class_labels = jax.nn.one_hot(labels, label_dim) if label_dim else None
-      return multistage_denoiser(graphdef, params, precond, k)(x, sigma, class_labels=class_labels)
-    args = (abstract_params, jax.ShapeDtypeStruct(shape, jnp.float32),
-            jax.ShapeDtypeStruct((batch,), jnp.float32), jax.ShapeDtypeStruct((batch,), jnp.int32))
-    lowered = jax.jit(fn).lower(*args)
-    cost = lowered.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-      cost = cost[0]
-    if not cost or "flops" not in cost:
-      cost = lowered.compile().cost_analysis()
-      cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    out.append(float(cost["flops"]))
-  return out
+  each stage's decoder; nothing is materialised."""
+  from jaxdiff.info import forward_flops
+  return [forward_flops(exp, graphdef, abstract_params, batch, stage=k)
+          for k in range(len(exp.family_spec.probabilities))]
 
 
 def sampler_call_sigmas(sampler_kwargs: dict) -> np.ndarray:
@@ -50,15 +33,16 @@ def sampler_call_sigmas(sampler_kwargs: dict) -> np.ndarray:
   return np.asarray(seen, np.float64)
 
 
-def multistage_info(cfg, solver: str | None = None, num_steps: int | None = None) -> dict:
+def multistage_info(exp, solver: str | None = None, num_steps: int | None = None) -> dict:
   """Per-stage GFLOPs, the sampler's calls per stage and its NFE-weighted GFLOPs per image."""
-  graphdef, params = build.abstract_network(cfg)
-  per_stage = np.asarray(stage_flops(cfg, graphdef, params)) / 1e9
-  kw = build.sampler_kwargs(cfg, solver, num_steps)
+  graphdef, params = families.abstract_network(exp)
+  per_stage = np.asarray(stage_flops(exp, graphdef, params)) / 1e9
+  kw = exp.sampling.kwargs(solver, num_steps)
   sigmas = sampler_call_sigmas(kw)
-  k = np.asarray(stages.stage_of_sigma(sigmas.astype(np.float32), cfg.model.stage_boundaries))
+  boundaries = exp.family_spec.boundaries
+  k = np.asarray(stages.stage_of_sigma(sigmas.astype(np.float32), boundaries))
   calls = np.bincount(k, minlength=len(per_stage))
-  return dict(gflops_per_stage=per_stage.tolist(), stage_boundaries=list(cfg.model.stage_boundaries),
+  return dict(gflops_per_stage=per_stage.tolist(), stage_boundaries=list(boundaries),
               sampler=dict(solver=kw["solver"], num_steps=kw["num_steps"], nfe=int(len(sigmas)),
                            calls_per_stage=calls.tolist()),
               nfe_weighted_gflops=float(np.dot(calls, per_stage) / max(len(sigmas), 1)))

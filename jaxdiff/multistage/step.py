@@ -24,15 +24,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
-from jaxdiff import losses, precond as precond_lib
+from jaxdiff import losses
+from jaxdiff.denoiser import make_denoiser
 from jaxdiff.errors import JaxdiffError
 from jaxdiff.multistage import stages
-from jaxdiff.train import ema as ema_lib
-from jaxdiff.train.optim import lr_schedule, sanitize_grads
-from jaxdiff.train.state import TrainState, halflives
-from jaxdiff.train.step import StepConfig, mean_value_and_grad
+from jaxdiff.train.optim import lr_schedule
+from jaxdiff.train.state import TrainState
+from jaxdiff.train.step import StepConfig, StepParts, train_step
 
 MODES = ("stochastic", "stratified")
 
@@ -45,32 +44,21 @@ class MultiStageConfig:
   counts: tuple = ()         # stratified: examples per stage
 
 
-def multistage_config(cfg, loss, batch_size: int) -> MultiStageConfig:
-  boundaries = stages.check_boundaries(cfg.model.stage_boundaries)
+def multistage_config(network, loss, batch_size: int, section: dict) -> MultiStageConfig:
+  """The family's settings from the network spec (model.stage_boundaries, model.decoder_channels)
+  and the config's `multistage` section (a plain dict: mode)."""
+  boundaries = stages.check_boundaries(network.get("stage_boundaries", (2.5103, 7.6577)))
   k = len(boundaries) + 1
-  if len(cfg.model.decoder_channels) != k:
-    raise JaxdiffError(f"model.decoder_channels has {len(cfg.model.decoder_channels)} widths for "
+  decoders = network.get("decoder_channels", (192, 128, 16))
+  if len(decoders) != k:
+    raise JaxdiffError(f"model.decoder_channels has {len(decoders)} widths for "
                        f"{k} stages; give one per stage")
-  ms = cfg.get("multistage", None)
-  mode = ms.get("mode", "stochastic") if ms is not None else "stochastic"
+  mode = section.get("mode", "stochastic")
   if mode not in MODES:
     raise JaxdiffError(f"multistage.mode {mode!r}: use 'stochastic' or 'stratified'")
   probs = stages.stage_probabilities(loss, boundaries)
   counts = stages.stratified_counts(probs, batch_size) if mode == "stratified" else ()
   return MultiStageConfig(boundaries, tuple(float(p) for p in probs), mode, counts)
-
-
-def multistage_denoiser(graphdef, params, precond, stage, *, train=False, dropout_key=None):
-  """D(x; σ) through the decoder of `stage` (int, or traced int32 scalar)."""
-  def net_fn(x_in, c_noise, class_labels=None, augment_labels=None):
-    net = nnx.merge(graphdef, params)
-    rngs = nnx.Rngs(dropout=dropout_key) if dropout_key is not None else None
-    return net(x_in, c_noise, class_labels, augment_labels, train=train, rngs=rngs, stage=stage)
-
-  def denoise(x, sigma, class_labels=None, augment_labels=None):
-    return precond_lib.denoise(precond, net_fn, x, sigma, class_labels=class_labels,
-                               augment_labels=augment_labels)
-  return denoise
 
 
 def step_stage(ms: MultiStageConfig, rng, step):
@@ -79,46 +67,40 @@ def step_stage(ms: MultiStageConfig, rng, step):
   return stages.draw_stage(stage_key, ms.probabilities)
 
 
-def multistage_train_step(cfg: StepConfig, ms: MultiStageConfig, state: TrainState,
-                          batch: dict, stage: int | None = None) -> tuple[TrainState, dict]:
-  """One step. Stochastic mode draws the stage inside (traced: the network switches between
-  decoders), unless `stage` gives the step's own draw as a Python int (see StageDispatch)."""
-  key = jax.random.fold_in(state.rng, state.step)
-  _, sigma_key, loss_key, dropout_key = jax.random.split(key, 4)  # [0]: step_stage's key
-  y, labels = batch["image"], batch["label"]
-  aug_labels = batch.get("augment_labels")
-  if getattr(cfg, "augment", None) is not None:
-    from jaxdiff.data import augment as augment_lib
-    y, aug_labels = augment_lib.augment(cfg.augment, jax.random.fold_in(key, 0x5EED), y)
-  class_labels = (jax.nn.one_hot(labels, cfg.label_dim) if cfg.label_dim else None)
-  B = y.shape[0]
-  n = int(getattr(cfg, "grad_accum", 1))
-  if B % n:
-    raise ValueError(f"batch {B} is not divisible by grad_accum={n}")
+def keep_stage(stage):
+  """The update mask of a stochastic step on `stage`: other decoders keep their parameters and
+  optimizer state (moments and counts)."""
+  return lambda new, old: stages.keep_inactive_decoders(new, old, stage)
 
-  if ms.mode == "stochastic":
-    if stage is None:
-      stage = step_stage(ms, state.rng, state.step)
-    sigma = stages.sample_stage_sigma(cfg.loss, sigma_key, stage, ms.boundaries, (B,))
 
-    def loss_fn(params, m, y, sigma, class_labels, aug_labels):
-      cond = dict(class_labels=class_labels)
-      if aug_labels is not None:
-        cond["augment_labels"] = aug_labels
-      denoise = multistage_denoiser(cfg.graphdef, params, cfg.precond, stage, train=True,
-                                    dropout_key=jax.random.fold_in(dropout_key, m))
-      per_example = losses.denoising_loss(cfg.loss, denoise, jax.random.fold_in(loss_key, m), y,
-                                          sigma=sigma, **cond)
-      return jnp.mean(per_example)
-  else:
-    stage = jnp.asarray(-1, jnp.int32)  # every decoder is used
-    sigma = jnp.zeros((B,), jnp.float32)  # drawn per share below
-    if n > 1:
+def multistage_loss(ms: MultiStageConfig, stage=None):
+  """The family loss (see train.step.train_step) of one multi-stage step. Stochastic mode draws
+  the stage inside (traced: the network switches between decoders), unless `stage` gives the
+  step's own draw as a Python int (see StageDispatch)."""
+  def family_loss(cfg: StepConfig, state, key, y, class_labels, aug_labels) -> StepParts:
+    _, sigma_key, loss_key, dropout_key = jax.random.split(key, 4)  # [0]: step_stage's key
+    B = y.shape[0]
+    if ms.mode == "stochastic":
+      k = step_stage(ms, state.rng, state.step) if stage is None else stage
+      sigma = stages.sample_stage_sigma(cfg.loss, sigma_key, k, ms.boundaries, (B,))
+
+      def loss_fn(params, m, y, sigma, class_labels, aug_labels):
+        cond = dict(class_labels=class_labels)
+        if aug_labels is not None:
+          cond["augment_labels"] = aug_labels
+        denoise = make_denoiser(cfg.graphdef, params, cfg.precond, stage=k, train=True,
+                                dropout_key=jax.random.fold_in(dropout_key, m))
+        per_example = losses.denoising_loss(cfg.loss, denoise, jax.random.fold_in(loss_key, m),
+                                            y, sigma=sigma, **cond)
+        return jnp.mean(per_example)
+      return StepParts(loss_fn, (y, sigma, class_labels, aug_labels), keep=keep_stage(k),
+                       metrics=dict(stage=jnp.asarray(k, jnp.int32)))
+
+    if cfg.grad_accum > 1:
       raise JaxdiffError("multistage.mode = 'stratified' does not support grad_accum > 1")
     edges = np.concatenate([[0], np.cumsum(ms.counts)])
 
-    def loss_fn(params, m, y, sigma, class_labels, aug_labels):
-      del sigma
+    def stratified_fn(params, m, y, class_labels, aug_labels):
       total = 0.0
       for k in range(len(ms.counts)):
         a, b = int(edges[k]), int(edges[k + 1])
@@ -127,37 +109,23 @@ def multistage_train_step(cfg: StepConfig, ms: MultiStageConfig, state: TrainSta
           cond["augment_labels"] = aug_labels[a:b]
         s_k = stages.sample_stage_sigma(cfg.loss, jax.random.fold_in(sigma_key, k), k,
                                         ms.boundaries, (b - a,))
-        denoise = multistage_denoiser(cfg.graphdef, params, cfg.precond, k, train=True,
-                                      dropout_key=jax.random.fold_in(dropout_key, k))
+        denoise = make_denoiser(cfg.graphdef, params, cfg.precond, stage=k, train=True,
+                                dropout_key=jax.random.fold_in(dropout_key, k))
         per_example = losses.denoising_loss(cfg.loss, denoise, jax.random.fold_in(loss_key, k),
                                             y[a:b], sigma=s_k, **cond)
         total = total + ms.probabilities[k] * jnp.mean(per_example)
       return total
+    # Every decoder is used: no update mask.
+    return StepParts(stratified_fn, (y, class_labels, aug_labels),
+                     metrics=dict(stage=jnp.asarray(-1, jnp.int32)))
+  return family_loss
 
-  loss, grads = mean_value_and_grad(jax.value_and_grad(loss_fn), state.params,
-                                    (y, sigma, class_labels, aug_labels), n)
 
-  finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-  grads = sanitize_grads(grads)
-  updates, opt_state = cfg.optimizer.update(grads, state.opt_state, state.params)
-  params = jax.tree.map(jnp.add, state.params, updates)
-  if ms.mode == "stochastic":
-    params = stages.keep_inactive_decoders(params, state.params, stage)
-    opt_state = stages.keep_inactive_decoders(opt_state, state.opt_state, stage)
-  # EMAs over all parameters every step, as the reference (an idle decoder's EMA keeps converging).
-  extra = tuple(getattr(state, "extra_emas", ()))
-  emas = []
-  for halflife, ema in zip(halflives(cfg.ema_halflife_images), (state.ema,) + extra):
-    beta = ema_lib.ema_beta(state.step * cfg.batch_size, cfg.batch_size, halflife,
-                            cfg.ema_rampup_ratio)
-    emas.append(ema_lib.ema_update(ema, params, beta))
-  updates = dict(step=state.step + 1, params=params, ema=emas[0], opt_state=opt_state)
-  if hasattr(state, "extra_emas"):
-    updates["extra_emas"] = tuple(emas[1:])
-  new_state = state.replace(**updates)
-  grad_norm = jnp.sqrt(sum(jnp.sum(g.astype(jnp.float32) ** 2) for g in jax.tree.leaves(grads)))
-  return new_state, dict(loss=loss, grad_norm=grad_norm, grads_finite=finite,
-                         stage=jnp.asarray(stage, jnp.int32))
+def multistage_train_step(cfg: StepConfig, ms: MultiStageConfig, state: TrainState,
+                          batch: dict, stage: int | None = None) -> tuple[TrainState, dict]:
+  """One multi-stage step: the skeleton with the multi-stage loss (EMAs over all parameters
+  every step, as the reference: an idle decoder's EMA keeps converging)."""
+  return train_step(cfg, multistage_loss(ms, stage), state, batch)
 
 
 class StageDispatch:
@@ -181,10 +149,9 @@ class StageDispatch:
     return self._steps[int(self._stage(state.rng, state.step))](state, batch)
 
 
-def compile_multistage_step(cfg: StepConfig, config, **jit_kwargs) -> Callable:
+def compile_multistage_step(cfg: StepConfig, ms: MultiStageConfig, **jit_kwargs) -> Callable:
   """The train step `jaxdiff train` runs: StageDispatch (stochastic) or one jitted program
   (stratified), compiled with `jit_kwargs` (shardings, donation)."""
-  ms = multistage_config(config, cfg.loss, cfg.batch_size)
   if ms.mode == "stochastic":
     return StageDispatch(cfg, ms, **jit_kwargs)
   return jax.jit(lambda state, batch: multistage_train_step(cfg, ms, state, batch), **jit_kwargs)
@@ -218,8 +185,9 @@ def partitioned_adam(lr: float, batch_size: int, rampup_images: float, beta1=0.9
   return optax.GradientTransformation(init, update)
 
 
-def make_multistage_optimizer(cfg) -> optax.GradientTransformation:
-  """The optimizer for a multi-stage config (per-part Adam state; see `partitioned_adam`)."""
-  t = cfg.training
-  return partitioned_adam(t.lr, t.batch_size, t.lr_rampup_images, beta1=cfg.optimizer.beta1,
-                          beta2=cfg.optimizer.beta2, eps=cfg.optimizer.eps)
+def make_multistage_optimizer(optimizer) -> optax.GradientTransformation:
+  """The optimizer of a multi-stage model from its OptimizerSpec (per-part Adam state; see
+  `partitioned_adam`)."""
+  o = optimizer
+  return partitioned_adam(o.lr, o.batch_size, o.lr_rampup_images, beta1=o.beta1, beta2=o.beta2,
+                          eps=o.eps)

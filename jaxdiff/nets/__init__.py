@@ -1,4 +1,5 @@
-"""Networks. `build_network` is the only place that maps `config.model` to a network class."""
+"""Networks. `build_network` is the only place that maps the model options (a mapping: the
+NetworkSpec's, or a config's `model` section) to a network class."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import importlib
 
 from jaxdiff.errors import JaxdiffError
 
-# arch name -> "module:function"; each function takes (model_cfg, *, img_resolution, img_channels,
-# label_dim, rngs) and returns an nnx.Module following docs/ARCHITECTURE.md.
+# arch name -> "module:function"; each function takes (options, *, img_resolution, img_channels,
+# label_dim, rngs), `options` a mapping read with .get / [key], and returns an nnx.Module
+# following docs/ARCHITECTURE.md.
 ARCHS = {
     "unet": "jaxdiff.nets.unet:build",
     "ddpmpp": "jaxdiff.nets.songunet:build_ddpmpp",
@@ -20,7 +22,7 @@ ARCHS = {
 
 
 def build_network(model_cfg, *, img_resolution: int, img_channels: int, label_dim: int, rngs):
-  arch = model_cfg.arch
+  arch = model_cfg["arch"]
   if arch not in ARCHS:
     raise JaxdiffError(f"unknown model.arch {arch!r}; choose one of {', '.join(sorted(ARCHS))}")
   module_name, fn_name = ARCHS[arch].split(":")

@@ -166,12 +166,11 @@ class UNet(nnx.Module):
 
 
 def build(model_cfg, *, img_resolution, img_channels, label_dim, rngs):
-  factor = model_cfg.get("out_channels_factor", 1)
+  g = model_cfg.get
   return UNet(img_resolution=img_resolution, in_channels=img_channels,
-              out_channels=img_channels * factor, label_dim=label_dim,
-              augment_dim=model_cfg.get("augment_dim", 0),
-              model_channels=model_cfg.model_channels, channel_mult=tuple(model_cfg.channel_mult),
-              num_blocks=model_cfg.num_blocks, attn_resolutions=tuple(model_cfg.attn_resolutions),
-              dropout=model_cfg.dropout, label_dropout=model_cfg.get("label_dropout", 0.0),
-              dtype=jnp.dtype(model_cfg.get("dtype", "float32")),
-              remat=bool(model_cfg.get("remat", False)), rngs=rngs)
+              out_channels=img_channels * g("out_channels_factor", 1), label_dim=label_dim,
+              augment_dim=g("augment_dim", 0), model_channels=model_cfg["model_channels"],
+              channel_mult=tuple(model_cfg["channel_mult"]), num_blocks=model_cfg["num_blocks"],
+              attn_resolutions=tuple(model_cfg["attn_resolutions"]), dropout=model_cfg["dropout"],
+              label_dropout=g("label_dropout", 0.0), dtype=jnp.dtype(g("dtype", "float32")),
+              remat=bool(g("remat", False)), rngs=rngs)

@@ -73,21 +73,16 @@ def read_config_dict(workdir: str) -> dict:
 _RECORDED = ("fourier_freqs",)
 
 
-def adopt_recorded(workdir: str, cfg) -> list[str]:
-  """Copies _RECORDED model keys from the workdir's config.json into `cfg` where `cfg` has none;
-  returns the keys copied."""
+def recorded_model_keys(workdir: str, model: dict) -> dict:
+  """The _RECORDED model keys of the workdir's config.json that `model` (a plain dict of the
+  config's model section) leaves unset: {key: recorded value}, for the caller to adopt."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.isfile(path):
-    return []
+    return {}
   with open(path) as f:
     recorded = (json.load(f).get("model") or {})
-  adopted = []
-  for key in _RECORDED:
-    if recorded.get(key) is not None and cfg.model.get(key) is None:
-      with cfg.unlocked():
-        cfg.model[key] = recorded[key]
-      adopted.append(key)
-  return adopted
+  return {key: recorded[key] for key in _RECORDED
+          if recorded.get(key) is not None and model.get(key) is None}
 
 
 def check_or_write_config(workdir: str, cfg_json: str) -> None:

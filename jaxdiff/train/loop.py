@@ -15,30 +15,16 @@ import time
 import jax
 import numpy as np
 
-from jaxdiff import build
-from jaxdiff.config import to_json
+from jaxdiff import families
 from jaxdiff.errors import JaxdiffError
 from jaxdiff.images import save_grid
 from jaxdiff.model import Model
 from jaxdiff.train import checkpoint as ckpt_lib
 from jaxdiff.train import sharding as sharding_lib
-from jaxdiff.train.state import halflives, init_state
-from jaxdiff.train.step import StepConfig
 
 
 def log(msg: str) -> None:
   print(msg, file=sys.stderr, flush=True)
-
-
-def make_step_config(cfg, graphdef, optimizer) -> StepConfig:
-  from jaxdiff.data.augment import make_augment
-  t = cfg.training
-  return StepConfig(graphdef=graphdef, precond=build.make_precond(cfg),
-                    loss=build.make_loss(cfg), optimizer=optimizer,
-                    label_dim=build.label_dim(cfg), batch_size=t.batch_size,
-                    ema_halflife_images=t.ema_halflife_images,
-                    ema_rampup_ratio=t.ema_rampup_ratio,
-                    grad_accum=int(t.get("grad_accum", 1)), augment=make_augment(cfg))
 
 
 class _Preemption:
@@ -66,39 +52,38 @@ def threading_main() -> bool:
   return threading.current_thread() is threading.main_thread()
 
 
-def train(cfg, workdir: str) -> dict:
-  """Trains `cfg` in `workdir`, resuming from its latest checkpoint. Returns a summary dict."""
-  t = cfg.training
-  sharding_lib.maybe_initialize_distributed(t.get("distributed", "auto"))
+def train(exp, workdir: str) -> dict:
+  """Trains the Experiment `exp` in `workdir` (whose config.json the caller has recorded: see
+  build.run_training), resuming from its latest checkpoint. Returns a summary dict."""
+  from jaxdiff import build
+  t = exp.training
+  sharding_lib.maybe_initialize_distributed(t.distributed)
   ckpt_lib.ensure_writable(workdir)
-  ckpt_lib.adopt_recorded(workdir, cfg)  # e.g. a converted NCSN++'s Fourier frequencies
-  ckpt_lib.check_or_write_config(workdir, to_json(cfg))
-  source = build.make_source(cfg)
+  source = build.open_source(exp.data)
   mesh = sharding_lib.make_mesh()
-  grad_accum = int(t.get("grad_accum", 1))
-  sharding_lib.check_batch(t.batch_size, grad_accum, mesh)
+  sharding_lib.check_batch(t.batch_size, t.grad_accum, mesh)
 
-  graphdef, params = build.make_network(cfg, seed=t.seed)
-  optimizer = build.make_optimizer(cfg)
-  step_cfg = make_step_config(cfg, graphdef, optimizer)
-  num_emas = len(halflives(t.ema_halflife_images))
+  optimizer = families.make_optimizer(exp)
+  graphdef, abstract = families.abstract_state(exp, optimizer)
+  step_cfg = families.step_config(exp, graphdef, optimizer)
   mngr = ckpt_lib.manager(workdir, keep=t.keep_checkpoints)
-  abstract = jax.eval_shape(lambda: init_state(params, optimizer, t.seed, num_emas))
-  state_sh = sharding_lib.state_sharding(abstract, mesh, fsdp=bool(t.get("fsdp", False)))
+  state_sh = sharding_lib.state_sharding(abstract, mesh, fsdp=t.fsdp)
   state, _ = ckpt_lib.restore(mngr, sharding_lib.with_sharding(abstract, state_sh),
                               quarantine=jax.process_index() == 0)
   if state is None:
-    state = jax.device_put(init_state(params, optimizer, t.seed, num_emas), state_sh)
+    _, params = families.make_network(exp, seed=t.seed)
+    state = jax.device_put(families.train_state(exp, params, optimizer), state_sh)
+    del params
     log(f"jaxdiff train: starting {workdir} from step 0")
   else:
     log(f"jaxdiff train: resuming {workdir} from step {int(state.step)}")
-  del params
   start = int(state.step)
 
   batch_sh = sharding_lib.batch_sharding(mesh)
-  # build.compile_step picks the step (plain or multi-stage) and compiles it for the mesh's layout.
-  step_fn = build.compile_step(cfg, step_cfg, donate_argnums=0, in_shardings=(state_sh, batch_sh),
-                               out_shardings=(state_sh, sharding_lib.replicated(mesh)))
+  # The family compiles its step (one program, or one per multi-stage stage) for the mesh's layout.
+  step_fn = families.compile_step(exp, step_cfg, donate_argnums=0,
+                                  in_shardings=(state_sh, batch_sh),
+                                  out_shardings=(state_sh, sharding_lib.replicated(mesh)))
 
   from tensorboardX import SummaryWriter
   writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -108,7 +93,7 @@ def train(cfg, workdir: str) -> dict:
              mininterval=0.5 if sys.stderr.isatty() else 30.0)
 
   def save_samples(step):
-    model = Model(cfg, graphdef, state.ema)
+    model = Model(exp, graphdef, state.ema)
     images = model.sample(t.sample_grid, seed=0)
     if jax.process_index() == 0:
       save_grid(images, os.path.join(workdir, f"samples_{step:07d}.png"))
@@ -116,7 +101,7 @@ def train(cfg, workdir: str) -> dict:
 
   from jaxdiff.data.prefetch import Prefetcher
   batches = Prefetcher(source, start, t.steps, t.batch_size, t.seed, jax.process_index(),
-                       jax.process_count(), depth=int(cfg.data.get("prefetch", 2)))
+                       jax.process_count(), depth=exp.data.prefetch)
   t0 = time.time()
   last_log, last_time, loss = start, t0, float("nan")
   step, saved, preempted, history = start, start, False, []

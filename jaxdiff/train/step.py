@@ -1,38 +1,27 @@
-"""The pure train step: EDM-style denoising loss, Adam, EMA. Jit it once; it never reads a config."""
+"""The train-step skeleton: a family's loss, then one shared update tail. It never reads a config.
+
+`train_step(cfg, family_loss, state, batch)`:
+  1. the step key fold_in(rng, step); the batch's inputs (augmentation, one-hot labels);
+  2. the family's loss for this step (`family_loss(...) -> StepParts`), averaged with its gradient
+     over `grad_accum` micro-batches;
+  3. `apply_update`, the tail every family shares: finite check, sanitize, optimizer update,
+     `optax.apply_updates`, an optional mask of the leaves the step may change, the EMAs,
+     `optax.global_norm`.
+The families (jaxdiff/families/) supply `family_loss` and compile the step.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+import optax
 
-from jaxdiff import losses, precond as precond_lib
 from jaxdiff.train import ema as ema_lib
 from jaxdiff.train.optim import sanitize_grads
 from jaxdiff.train.state import TrainState, halflives
-
-
-def net_apply(graphdef, params, x, c_noise, class_labels=None, augment_labels=None, *,
-              train=False, dropout_key=None):
-  """The raw network F as a pure function of its parameter tree."""
-  net = nnx.merge(graphdef, params)
-  rngs = nnx.Rngs(dropout=dropout_key) if dropout_key is not None else None
-  return net(x, c_noise, class_labels, augment_labels, train=train, rngs=rngs)
-
-
-def make_denoiser(graphdef, params, precond, *, train=False, dropout_key=None):
-  """D(x; σ, class_labels, augment_labels) for fixed parameters."""
-  def net_fn(x_in, c_noise, class_labels=None, augment_labels=None):
-    return net_apply(graphdef, params, x_in, c_noise, class_labels, augment_labels, train=train,
-                     dropout_key=dropout_key)
-
-  def denoise(x, sigma, class_labels=None, augment_labels=None):
-    return precond_lib.denoise(precond, net_fn, x, sigma, class_labels=class_labels,
-                               augment_labels=augment_labels)
-  return denoise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +39,19 @@ class StepConfig:
   augment: Any = None          # data.augment.AugmentConfig, or None for no augmentation
 
 
+class StepParts(NamedTuple):
+  """What a family's loss gives the skeleton for one step."""
+  loss_fn: Callable            # (params, m, *inputs) -> scalar loss of micro-batch m
+  inputs: tuple                # per-example arrays [B, ...] (or None), split into micro-batches
+  keep: Callable | None = None  # (new, old) -> tree: the leaves this step may change (None: all)
+  metrics: dict = {}           # extra metrics of the step (e.g. the multi-stage stage)
+
+
 def _micro_batches(x, n: int):
   """[B, ...] -> [n, B/n, ...] with micro-batch m = examples m, m+n, m+2n, ...: strided, so each
   device of a batch-sharded mesh holds its own share of every micro-batch."""
   return x.reshape((x.shape[0] // n, n) + x.shape[1:]).swapaxes(0, 1)
+
 
 def mean_value_and_grad(value_and_grad_fn, params, inputs: tuple, n: int):
   """(loss, grads) of `value_and_grad_fn(params, m, *inputs)` averaged over n strided micro-batches
@@ -78,39 +76,34 @@ def mean_value_and_grad(value_and_grad_fn, params, inputs: tuple, n: int):
   return loss / n, jax.tree.map(lambda g: g / n, grads)
 
 
-
-def train_step(cfg: StepConfig, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-  """One optimizer step on `batch` = {image [B,H,W,C] float32 in [-1,1], label [B] int32}."""
-  key = jax.random.fold_in(state.rng, state.step)
+def step_inputs(cfg: StepConfig, key, batch: dict):
+  """(images, class_labels one-hot or None, augment_labels or None) of `batch` = {image
+  [B,H,W,C] float32 in [-1,1], label [B] int32}, augmented when the step config says so."""
   images, labels = batch["image"], batch["label"]
   aug_labels = batch.get("augment_labels")
   if cfg.augment is not None:
     from jaxdiff.data import augment as augment_lib
     # Its own stream, so turning augmentation on leaves the σ / noise / dropout draws unchanged.
     images, aug_labels = augment_lib.augment(cfg.augment, jax.random.fold_in(key, 0x5EED), images)
-  class_labels = (jax.nn.one_hot(labels, cfg.label_dim) if cfg.label_dim else None)
+  class_labels = jax.nn.one_hot(labels, cfg.label_dim) if cfg.label_dim else None
+  return images, class_labels, aug_labels
 
-  def loss_fn(params, key, images, class_labels, aug_labels):
-    loss_key, dropout_key = jax.random.split(key)
-    cond = dict(class_labels=class_labels)
-    if aug_labels is not None:
-      cond["augment_labels"] = aug_labels
-    denoise = make_denoiser(cfg.graphdef, params, cfg.precond, train=True,
-                            dropout_key=dropout_key)
-    per_example = losses.denoising_loss(cfg.loss, denoise, loss_key, images, **cond)
-    return jnp.mean(per_example)
 
-  grad_fn = jax.value_and_grad(loss_fn)
-  n = cfg.grad_accum
-  # One micro-batch uses the step key itself; several use one folded-in key each.
-  loss, grads = mean_value_and_grad(
-      lambda p, m, *xs: grad_fn(p, key if n == 1 else jax.random.fold_in(key, m), *xs),
-      state.params, (images, class_labels, aug_labels), n)
+def apply_update(cfg: StepConfig, state: TrainState, grads,
+                 keep: Callable | None = None) -> tuple[TrainState, dict]:
+  """The shared tail: one optimizer step with `grads`, the EMAs, and the step's metrics.
 
+  Non-finite gradients are reported (grads_finite) and sanitized (NaN -> 0, ±inf -> ±1e5) before
+  the update. `keep(new, old)` restricts which leaves of the parameters and optimizer state the
+  step changes (multi-stage: the inactive decoders keep theirs). The EMAs follow all parameters.
+  """
   finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
   grads = sanitize_grads(grads)
   updates, opt_state = cfg.optimizer.update(grads, state.opt_state, state.params)
-  params = jax.tree.map(jnp.add, state.params, updates)
+  params = optax.apply_updates(state.params, updates)
+  if keep is not None:
+    params = keep(params, state.params)
+    opt_state = keep(opt_state, state.opt_state)
   emas = []
   for halflife, ema in zip(halflives(cfg.ema_halflife_images), (state.ema,) + state.extra_emas):
     beta = ema_lib.ema_beta(state.step * cfg.batch_size, cfg.batch_size, halflife,
@@ -118,20 +111,17 @@ def train_step(cfg: StepConfig, state: TrainState, batch: dict) -> tuple[TrainSt
     emas.append(ema_lib.ema_update(ema, params, beta))
   new_state = state.replace(step=state.step + 1, params=params, ema=emas[0], opt_state=opt_state,
                             extra_emas=tuple(emas[1:]))
-  grad_norm = jnp.sqrt(sum(jnp.sum(g.astype(jnp.float32) ** 2) for g in jax.tree.leaves(grads)))
-  return new_state, dict(loss=loss, grad_norm=grad_norm, grads_finite=finite)
+  return new_state, dict(grad_norm=optax.global_norm(grads), grads_finite=finite)
 
 
-def make_train_step(cfg: StepConfig, state_sharding=None, batch_sharding=None) -> Callable:
-  """Compiled step; the state buffers are donated so the update happens in place.
-
-  With shardings (see train.sharding), the step is compiled for that layout: XLA inserts the
-  gradient all-reduce (data parallel) or the parameter all-gathers (FSDP) itself.
-  """
-  fn = lambda state, batch: train_step(cfg, state, batch)  # noqa: E731
-  if state_sharding is None:
-    return jax.jit(fn, donate_argnums=0)
-  from jax.sharding import NamedSharding, PartitionSpec
-  replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
-  return jax.jit(fn, donate_argnums=0, in_shardings=(state_sharding, batch_sharding),
-                 out_shardings=(state_sharding, replicated))
+def train_step(cfg: StepConfig, family_loss: Callable, state: TrainState,
+               batch: dict) -> tuple[TrainState, dict]:
+  """One optimizer step on `batch` with the loss `family_loss(cfg, state, key, images,
+  class_labels, augment_labels) -> StepParts`."""
+  key = jax.random.fold_in(state.rng, state.step)
+  images, class_labels, aug_labels = step_inputs(cfg, key, batch)
+  parts = family_loss(cfg, state, key, images, class_labels, aug_labels)
+  loss, grads = mean_value_and_grad(jax.value_and_grad(parts.loss_fn), state.params, parts.inputs,
+                                    cfg.grad_accum)
+  new_state, metrics = apply_update(cfg, state, grads, keep=parts.keep)
+  return new_state, dict(loss=loss, **metrics, **parts.metrics)

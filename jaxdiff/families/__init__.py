@@ -1,0 +1,117 @@
+"""Model families: what a kind of model brings to training, each one module here.
+
+A family is a frozen `Family`: its network builder, its optimizer, its per-step loss for the
+train-step skeleton (train.step.train_step), the hook that compiles that step, and optionally its
+own static settings (`make_spec`, from the config section named like the family) and extra `info`
+figures. `for_arch(model.arch)` picks the family owning an architecture (`plain` owns the rest).
+See docs/ARCHITECTURE.md, "Adding a model family".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Callable
+
+import jax
+from flax import nnx
+
+# name -> module defining FAMILY; the order is the lookup order of `for_arch`.
+FAMILIES = {
+    "multistage": "jaxdiff.families.multistage",
+    "plain": "jaxdiff.families.plain",
+}
+
+
+def default_network(exp, seed: int = 0):
+  """The network of `exp.network` (jaxdiff.nets registry) with fresh parameters, split into
+  (graphdef, params)."""
+  from jaxdiff.nets import build_network
+  n = exp.network
+  net = build_network(n.as_dict(), img_resolution=n.img_resolution, img_channels=n.img_channels,
+                      label_dim=n.label_dim, rngs=nnx.Rngs(params=seed))
+  return nnx.split(net, nnx.Param)
+
+
+def default_compile_step(family_loss, step_cfg, **jit_kwargs):
+  """The skeleton with `family_loss` as one jitted program."""
+  from jaxdiff.train.step import train_step
+  return jax.jit(lambda state, batch: train_step(step_cfg, family_loss, state, batch),
+                 **jit_kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  name: str
+  loss: Callable               # (Experiment) -> family_loss for train.step.train_step:
+                               #   (StepConfig, state, key, images, class_labels, aug) -> StepParts
+  make_optimizer: Callable     # (Experiment) -> optax.GradientTransformation
+  archs: tuple = ()            # model.arch values this family owns
+  make_network: Callable = default_network   # (Experiment, seed) -> (graphdef, params)
+  # (StepConfig, Experiment, **jit_kwargs) -> step(state, batch); None: the skeleton, one jit
+  compile_step: Callable | None = None
+  make_spec: Callable | None = None   # (NetworkSpec, loss, batch_size, section: dict) -> spec
+  info: Callable | None = None         # (Experiment) -> dict of extra `jaxdiff info` figures
+
+
+def get(name: str) -> Family:
+  return importlib.import_module(FAMILIES[name]).FAMILY
+
+
+def for_arch(arch: str) -> Family:
+  for name in FAMILIES:
+    family = get(name)
+    if arch in family.archs:
+      return family
+  return get("plain")
+
+
+def of(exp) -> Family:
+  return get(exp.family)
+
+
+# What every caller builds from an Experiment: one definition each.
+
+def make_network(exp, seed: int = 0):
+  return of(exp).make_network(exp, seed)
+
+
+def abstract_network(exp):
+  """(graphdef, params as ShapeDtypeStructs) without allocating or initialising any weights."""
+  return jax.eval_shape(lambda: make_network(exp))  # graphdef passes through as static
+
+
+def make_optimizer(exp):
+  return of(exp).make_optimizer(exp)
+
+
+def train_state(exp, params, optimizer=None, seed: int | None = None):
+  """The TrainState of `exp` around `params` (fresh optimizer state, one EMA per half-life)."""
+  from jaxdiff.train.state import init_state
+  optimizer = make_optimizer(exp) if optimizer is None else optimizer
+  seed = exp.training.seed if seed is None else seed
+  return init_state(params, optimizer, seed, exp.training.num_emas)
+
+
+def abstract_state(exp, optimizer=None):
+  """(graphdef, the TrainState's layout as ShapeDtypeStructs): what a checkpoint restores into."""
+  graphdef, params = abstract_network(exp)
+  return graphdef, jax.eval_shape(lambda p: train_state(exp, p, optimizer), params)
+
+
+def step_config(exp, graphdef, optimizer):
+  from jaxdiff.train.step import StepConfig
+  t = exp.training
+  return StepConfig(graphdef=graphdef, precond=exp.precond, loss=exp.loss, optimizer=optimizer,
+                    label_dim=exp.label_dim, batch_size=t.batch_size,
+                    ema_halflife_images=t.ema_halflife_images, ema_rampup_ratio=t.ema_rampup_ratio,
+                    grad_accum=t.grad_accum, augment=exp.augment)
+
+
+def compile_step(exp, step_cfg, **jit_kwargs):
+  """The step `jaxdiff train` and `jaxdiff bench` run, compiled with `jit_kwargs` (shardings,
+  donation) by the family's hook."""
+  family = of(exp)
+  if family.compile_step is not None:
+    return family.compile_step(step_cfg, exp, **jit_kwargs)
+  return default_compile_step(family.loss(exp), step_cfg, **jit_kwargs)
