@@ -13,7 +13,6 @@ from jaxdiff.config import from_json
 from jaxdiff.errors import JaxdiffError
 from jaxdiff.images import to_uint8
 from jaxdiff.train import checkpoint as ckpt_lib
-from jaxdiff.train.state import halflives, init_state
 from jaxdiff.train.step import make_denoiser
 
 
@@ -135,12 +134,8 @@ def _denoise_jit(graphdef, precond, params, x, sigma, class_labels):
 def load(workdir: str, ema: bool = True, step: int | None = None) -> Model:
   cfg = from_json(__import__("json").dumps(ckpt_lib.read_config_dict(workdir)))
   graphdef, abstract_params = build.abstract_network(cfg)
-  optimizer = build.make_optimizer(cfg)
-  num_emas = len(halflives(cfg.training.ema_halflife_images))
-  abstract = jax.eval_shape(lambda p: init_state(p, optimizer, 0, num_emas), abstract_params)
-  mngr = ckpt_lib.manager(workdir, async_save=False)
-  state, _ = ckpt_lib.restore(mngr, abstract, step)
-  mngr.close()
-  if state is None:
+  # Only the weights (orbax partial restore): no optimizer, no Adam moments, any device count.
+  params = ckpt_lib.restore_weights(workdir, abstract_params, "ema" if ema else "params", step)
+  if params is None:
     raise JaxdiffError(f"{workdir!r} has no checkpoint yet; train first with `jaxdiff train`")
-  return Model(cfg, graphdef, state.ema if ema else state.params)
+  return Model(cfg, graphdef, params)

@@ -85,8 +85,8 @@ def train(cfg, workdir: str) -> dict:
   mngr = ckpt_lib.manager(workdir, keep=t.keep_checkpoints)
   abstract = jax.eval_shape(lambda: init_state(params, optimizer, t.seed, num_emas))
   state_sh = sharding_lib.state_sharding(abstract, mesh, fsdp=bool(t.get("fsdp", False)))
-  state, _ = ckpt_lib.restore(mngr, sharding_lib.with_sharding(abstract, state_sh),
-                              quarantine=jax.process_index() == 0)
+  state, meta = ckpt_lib.restore(mngr, sharding_lib.with_sharding(abstract, state_sh),
+                                 quarantine=jax.process_index() == 0)
   if state is None:
     state = jax.device_put(init_state(params, optimizer, t.seed, num_emas), state_sh)
     log(f"jaxdiff train: starting {workdir} from step 0")
@@ -114,9 +114,11 @@ def train(cfg, workdir: str) -> dict:
       save_grid(images, os.path.join(workdir, f"samples_{step:07d}.png"))
       save_grid(images, os.path.join(workdir, "samples_latest.png"))
 
-  from jaxdiff.data.prefetch import Prefetcher
-  batches = Prefetcher(source, start, t.steps, t.batch_size, t.seed, jax.process_index(),
-                       jax.process_count(), depth=int(cfg.data.get("prefetch", 2)))
+  from jaxdiff.data.pipeline import Batches, pipeline_config
+  # The grain pipeline continues from the checkpoint's saved iterator state (or from `start`).
+  batches = Batches(source, pipeline_config(cfg.data, t.batch_size, t.seed), start, t.steps,
+                    jax.process_index(), jax.process_count(), resume=(meta or {}).get("data"))
+  save_meta = lambda step: {"step": step, "data": batches.state()}  # noqa: E731
   t0 = time.time()
   last_log, last_time, loss = start, t0, float("nan")
   step, saved, preempted, history = start, start, False, []
@@ -143,13 +145,13 @@ def train(cfg, workdir: str) -> dict:
           bar.set_postfix(loss=f"{loss:.4f}")
           history.append((step, loss))
         if step % t.checkpoint_every == 0 or step == t.steps:
-          ckpt_lib.save(mngr, step, state, {"step": step})
+          ckpt_lib.save(mngr, step, state, save_meta(step))
           saved = step
         if t.sample_every and (step % t.sample_every == 0 or step == t.steps):
           save_samples(step)
         if preemption.requested:
           if saved != step:
-            ckpt_lib.save(mngr, step, state, {"step": step})
+            ckpt_lib.save(mngr, step, state, save_meta(step))
           log(f"jaxdiff train: SIGTERM at step {step}; checkpoint saved, resume with the same "
               "command")
           preempted = True
