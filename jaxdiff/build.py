@@ -82,9 +82,14 @@ def make_augment(cfg):
 
 def data_spec(cfg) -> specs.DataSpec:
   d = cfg.data
+  workers = int(d.get("workers", 0) or 0)
+  if workers < 0:
+    raise JaxdiffError(f"data.workers={workers} is negative; use 0 (decode in a reader thread) "
+                       "or a number of worker processes")
   return specs.DataSpec(name=str(d.name), resolution=int(d.resolution), channels=int(d.channels),
                         num_classes=int(d.num_classes), tfds_data_dir=d.get("tfds_data_dir", None),
-                        prefetch=int(d.get("prefetch", 2)))
+                        prefetch=int(d.get("prefetch", 2)), workers=workers,
+                        xflip=bool(d.get("xflip", False)))
 
 
 def network_spec(cfg, precond=None) -> specs.NetworkSpec:

@@ -131,10 +131,9 @@ def load(workdir: str, ema: bool = True, step: int | None = None) -> Model:
   from jaxdiff import build, families
   from jaxdiff.train import checkpoint as ckpt_lib
   exp = build.workdir_experiment(workdir)
-  graphdef, abstract = families.abstract_state(exp)
-  mngr = ckpt_lib.manager(workdir, async_save=False)
-  state, _ = ckpt_lib.restore(mngr, abstract, step)
-  mngr.close()
-  if state is None:
+  graphdef, abstract_params = families.abstract_network(exp)
+  # Only the weights (orbax partial restore): no optimizer, no Adam moments, any device count.
+  params = ckpt_lib.restore_weights(workdir, abstract_params, "ema" if ema else "params", step)
+  if params is None:
     raise JaxdiffError(f"{workdir!r} has no checkpoint yet; train first with `jaxdiff train`")
-  return Model(exp, graphdef, state.ema if ema else state.params)
+  return Model(exp, graphdef, params)

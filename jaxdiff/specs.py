@@ -18,6 +18,8 @@ class DataSpec:
   num_classes: int             # 0 = unconditional
   tfds_data_dir: str | None = None
   prefetch: int = 2            # batches the loader prepares ahead
+  workers: int = 0             # grain worker processes decoding batches; 0: a reader thread
+  xflip: bool = False          # the reference's --xflip: the dataset doubled with mirrors
 
   @property
   def shape(self) -> tuple:

@@ -1,3 +1,5 @@
+import io
+import json
 import chex
 import numpy as np
 import pytest
@@ -150,12 +152,19 @@ def test_file_dataset_bad_inputs(tmp_path):
     open_source(f"folder:{partial}")
 
 
-def test_prefetch_yields_the_batch_order_and_reraises():
-  from jaxdiff.data.prefetch import Prefetcher
+def _pipe(**kw):
+  from jaxdiff.data.pipeline import PipelineConfig
+  return PipelineConfig(**dict(dict(batch_size=8, seed=1, depth=2), **kw))
+
+
+def test_batches_yield_the_batch_order_and_reraise():
+  from jaxdiff.data.pipeline import Batches
   src = _src(np.arange(40).reshape(40, 1, 1, 1), np.arange(40))
-  got = list(Prefetcher(src, 3, 8, 8, seed=1, depth=2))
+  got = list(Batches(src, _pipe(), 3, 8))
   assert [s for s, _, _ in got] == list(range(3, 8))
   for s, images, labels in got:
+    chex.assert_type(images, np.float32)
+    chex.assert_type(labels, np.int32)
     np.testing.assert_array_equal(labels, batch_indices(s, 8, 40, seed=1))
     np.testing.assert_array_equal(images[:, 0, 0, 0], labels)
 
@@ -165,7 +174,79 @@ def test_prefetch_yields_the_batch_order_and_reraises():
       return 4
     def get(self, idx):
       raise JaxdiffError("disk gone")
-  it = Prefetcher(Broken(), 0, 2, 2, seed=0)
+  it = Batches(Broken(), _pipe(batch_size=2, seed=0), 0, 2)
   with pytest.raises(JaxdiffError, match="disk gone"):
     next(it)
   it.close()
+
+
+def test_batches_resume_from_saved_state_or_step():
+  """The state saved after k batches continues where the stream was; so does starting at k;
+  a state from another pipeline (here another seed) is ignored, not applied."""
+  from jaxdiff.data.pipeline import Batches
+  src = _src(np.arange(40).reshape(40, 1, 1, 1), np.arange(40))
+  it = Batches(src, _pipe(), 2, 12)
+  for _ in range(4):
+    next(it)
+  state = json.loads(json.dumps(it.state()))          # it travels as JSON in the checkpoint meta
+  rest = [labels for _, _, labels in it]
+  from_state = Batches(src, _pipe(), 6, 12, resume=state)
+  from_step = Batches(src, _pipe(), 6, 12)
+  assert from_state._offset == 2 and from_step._offset == 6  # the state path was taken
+  for a, (sa, _, b), (sb, _, c) in zip(rest, from_state, from_step, strict=True):
+    assert sa == sb
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+  other = Batches(src, _pipe(seed=2), 6, 12, resume=state)
+  assert other._offset == 6
+  np.testing.assert_array_equal(next(other)[2], batch_indices(6, 8, 40, seed=2))
+
+
+def test_worker_processes_give_the_same_batches(tmp_path):
+  """data.workers > 0 decodes in grain worker processes, here from a ZIP (reopened per worker)."""
+  from PIL import Image
+  from jaxdiff.data.pipeline import Batches
+  import zipfile
+  path = tmp_path / "d.zip"
+  with zipfile.ZipFile(path, "w") as z:
+    for k in range(12):
+      buf = io.BytesIO()
+      Image.fromarray(np.full((4, 4, 3), 10 * k, np.uint8)).save(buf, format="PNG")
+      z.writestr(f"img{k:08d}.png", buf.getvalue())
+  src = open_source(f"zip:{path}")
+  threaded = list(Batches(src, _pipe(batch_size=4), 0, 6))
+  it = Batches(src, _pipe(batch_size=4, workers=2), 0, 6)
+  procs = list(it)
+  it.close()
+  assert len(procs) == 6
+  for (sa, ia, la), (sb, ib, lb) in zip(threaded, procs):
+    assert sa == sb
+    np.testing.assert_array_equal(ia, ib)
+    np.testing.assert_array_equal(la, lb)
+  # each image's value names its index: the batch is the stream's indices, decoded
+  np.testing.assert_allclose(threaded[0][1][:, 0, 0, 0], 10 * batch_indices(0, 4, 12, 1) / 127.5 - 1)
+
+
+def test_xflip_doubles_the_dataset_with_mirrors():
+  """The reference's --xflip: index i < N is image i, N + i is image i mirrored left-right."""
+  from jaxdiff.data import XFlipSource
+  from jaxdiff.data.pipeline import Batches
+  rng = np.random.default_rng(0)
+  images = rng.uniform(-1, 1, (5, 3, 4, 2)).astype(np.float32)
+  src = _src(images, np.arange(5))
+  flipped = XFlipSource(src)
+  assert len(flipped) == 10 and flipped.num_classes == 10 and flipped.resolution == 3
+  got, labels = flipped.get(np.array([0, 7, 4, 9]))
+  np.testing.assert_array_equal(labels, [0, 2, 4, 4])
+  np.testing.assert_array_equal(got[0], images[0])
+  np.testing.assert_array_equal(got[2], images[4])
+  for k, j in ((1, 2), (3, 4)):                       # hand-indexed mirror: column w -> W-1-w
+    for w in range(4):
+      np.testing.assert_array_equal(got[k][:, w], images[j][:, 3 - w])
+  with pytest.raises(IndexError):
+    flipped.get(np.array([10]))
+  # in the pipeline: an epoch of 10 positions holds each image once plain and once mirrored
+  _, epoch, _ = next(Batches(src, _pipe(batch_size=10, xflip=True), 0, 1))
+  plain = {i for i in range(5) for e in epoch if np.array_equal(e, images[i])}
+  mirrored = {i for i in range(5) for e in epoch if np.array_equal(e, images[i][:, ::-1])}
+  assert plain == mirrored == set(range(5))

@@ -68,3 +68,38 @@ def test_raw_and_ema_weights_differ(workdir):
   ema, raw = jaxdiff.load(workdir), jaxdiff.load(workdir, ema=False)
   diff = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), ema.params, raw.params)
   assert max(jax.tree.leaves(diff)) > 0
+
+
+def test_load_reads_only_weights_without_an_optimizer(workdir, monkeypatch):
+  """restore_weights is a partial restore: no optimizer is built, no Adam moment is read, and the
+  weights equal those of a full TrainState restore."""
+  import orbax.checkpoint as ocp
+  from jaxdiff import build
+  from jaxdiff.config import from_json
+  from jaxdiff.train import checkpoint as ckpt_lib
+  from jaxdiff.train.state import halflives, init_state
+  cfg = from_json(__import__("json").dumps(ckpt_lib.read_config_dict(workdir)))
+  _, abstract_params = build.abstract_network(cfg)
+  mngr = ckpt_lib.manager(workdir, async_save=False)
+  abstract = jax.eval_shape(lambda p: init_state(p, build.make_optimizer(cfg), 0, len(
+      halflives(cfg.training.ema_halflife_images))), abstract_params)
+  full, _ = ckpt_lib.restore(mngr, abstract)
+  mngr.close()
+
+  seen = []
+  real = ocp.CheckpointManager.restore
+
+  def spy(self, step, args=None, **kw):
+    seen.append(args)
+    return real(self, step, args=args, **kw)
+  monkeypatch.setattr(ocp.CheckpointManager, "restore", spy)
+  from jaxdiff import families
+  monkeypatch.setattr(build, "make_optimizer", lambda cfg: 1 / 0)
+  monkeypatch.setattr(families, "make_optimizer", lambda exp: 1 / 0)
+  ema, raw = jaxdiff.load(workdir), jaxdiff.load(workdir, ema=False)
+  chex.assert_trees_all_equal(ema.params, full.ema)
+  chex.assert_trees_all_equal(raw.params, full.params)
+  asked = [set(a["state"].item) for a in seen]
+  assert asked == [{"params", "ema"}] * 2             # never opt_state, rng or the extra EMAs
+  with pytest.raises(ValueError, match="which"):
+    ckpt_lib.restore_weights(workdir, abstract_params, which="opt_state")

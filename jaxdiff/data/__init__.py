@@ -1,6 +1,7 @@
 """Datasets: one random-access interface (`DataSource`) for digits, TFDS and files."""
 
-from jaxdiff.data.source import ArraySource, DataSource, batch_indices, check_source
+from jaxdiff.data.pipeline import batch_indices
+from jaxdiff.data.source import ArraySource, DataSource, XFlipSource, check_source
 from jaxdiff.errors import JaxdiffError
 
 
@@ -19,4 +20,5 @@ def open_source(name: str, *, tfds_data_dir: str | None = None, split: str = "tr
                      "'zip:<path>' or 'folder:<path>'")
 
 
-__all__ = ["ArraySource", "DataSource", "batch_indices", "check_source", "open_source"]
+__all__ = ["ArraySource", "DataSource", "batch_indices", "XFlipSource", "check_source",
+           "open_source"]

@@ -54,6 +54,16 @@ class FileSource:
     else:
       self.resolution = self.channels = 0
 
+  def __getstate__(self):
+    # An open ZipFile cannot cross into grain's worker processes: each reopens the archive.
+    state = dict(self.__dict__)
+    state["_zip"] = state["_zip"] is not None
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._zip = zipfile.ZipFile(self._path) if state["_zip"] else None
+
   def _read(self, name: str) -> bytes:
     if self._zip is not None:
       return self._zip.read(name)

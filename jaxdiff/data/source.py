@@ -1,8 +1,7 @@
 """The data interface every dataset implements, and the deterministic, resumable batch order.
 
 A source is random-access: `get(indices)` returns images as float32 NHWC in [-1, 1] and int32 labels.
-The order of examples is a pure function of (seed, step), so a resumed run reads exactly the batches
-it would have read, and each host reads only its own slice of the global batch.
+The batch order (a pure function of seed and step) is data.pipeline's.
 """
 
 from __future__ import annotations
@@ -70,19 +69,25 @@ def check_source(source, *, resolution: int, channels: int, num_classes: int) ->
                          f"[0, {num_classes - 1}]; set data.num_classes to the number of classes")
 
 
-def batch_indices(step: int, batch_size: int, num_examples: int, seed: int,
-                  process_index: int = 0, process_count: int = 1) -> np.ndarray:
-  """Indices of this host's share of global batch `step`: epochs are seeded permutations."""
-  if batch_size % process_count:
-    raise JaxdiffError(f"training.batch_size={batch_size} is not divisible by the "
-                       f"{process_count} hosts")
-  start = step * batch_size
-  positions = np.arange(start, start + batch_size)
-  epochs, offsets = np.divmod(positions, num_examples)
-  out = np.empty(batch_size, np.int64)
-  for epoch in np.unique(epochs):
-    perm = np.random.default_rng([seed, int(epoch)]).permutation(num_examples)
-    sel = epochs == epoch
-    out[sel] = perm[offsets[sel]]
-  per_host = batch_size // process_count
-  return out[process_index * per_host:(process_index + 1) * per_host]
+class XFlipSource:
+  """The reference's `--xflip` dataset (NVlabs/edm training/dataset.py): the dataset doubled with
+  mirrored copies; index i < N is image i, index N + i is image i flipped left-right."""
+
+  def __init__(self, source):
+    self.source = source
+    self.name = f"{source.name} (x-flipped)"
+    self.resolution, self.channels = source.resolution, source.channels
+    self.num_classes = source.num_classes
+
+  def __len__(self) -> int:
+    return 2 * len(self.source)
+
+  def get(self, indices):
+    indices = np.asarray(indices, np.int64)
+    n = len(self.source)
+    if indices.size and (indices.min() < 0 or indices.max() >= 2 * n):
+      raise IndexError(f"index outside [0, {2 * n})")
+    images, labels = self.source.get(indices % n)
+    images = np.asarray(images)
+    flip = (indices >= n)[:, None, None, None]
+    return np.where(flip, images[:, :, ::-1], images), labels

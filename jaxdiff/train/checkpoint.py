@@ -138,9 +138,26 @@ def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
                                           meta=ocp.args.JsonSave(meta)))
 
 
+def _current_layout(abstract, default=None):
+  """ShapeDtypeStructs that all carry a sharding of this process's devices.
+
+  Orbax otherwise lays a restored array out as it was saved, which fails ("Topology mismatch
+  detected") when the checkpoint was written on another number of devices; leaves without a
+  sharding land on `default` (this host's first device).
+  """
+  import jax
+  default = default or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def leaf(a):
+    sharding = getattr(a, "sharding", None)
+    return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding or default)
+  return jax.tree.map(leaf, abstract)
+
+
 def _restore_one(mngr, abstract_state, step):
   restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+      state=ocp.args.StandardRestore(_current_layout(abstract_state)),
+      meta=ocp.args.JsonRestore()))
   state, meta = restored["state"], restored["meta"]
   if meta and "checksum" in meta:
     import numpy as np
@@ -148,6 +165,59 @@ def _restore_one(mngr, abstract_state, step):
     if not np.allclose(got, meta["checksum"], rtol=1e-5, atol=1e-6):
       raise ValueError(f"checksum {got} differs from the saved {meta['checksum']}")
   return state, meta
+
+
+# The TrainState fields restore_weights reads, and their place in the saved checksum list.
+_WEIGHTS = {"params": 0, "ema": 1}
+
+
+def _restore_weights_one(mngr, abstract_params, step):
+  """Only state.params and state.ema of checkpoint `step` (orbax partial restore): the optimizer
+  state and extra EMAs are never read. Both are read so both recorded checksums are checked."""
+  import jax
+  import numpy as np
+  target = _current_layout(abstract_params)
+  item = {name: target for name in _WEIGHTS}
+  restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding,
+                                                             global_shape=a.shape, dtype=a.dtype),
+                              item)
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True),
+      meta=ocp.args.JsonRestore()))
+  weights, meta = restored["state"], restored["meta"]
+  if meta and "checksum" in meta:
+    got = [float(v) for v in jax.device_get(_weights_sum_jit()(weights))]
+    want = [meta["checksum"][i] for i in _WEIGHTS.values()]
+    if not np.allclose(got, want, rtol=1e-5, atol=1e-6):
+      raise ValueError(f"checksum {got} differs from the saved {want}")
+  return weights, meta
+
+
+@__import__("functools").lru_cache(maxsize=1)
+def _weights_sum_jit():
+  import jax
+  return jax.jit(lambda w: [_sum_abs(w[name]) for name in _WEIGHTS])
+
+
+def restore_weights(workdir_or_manager, abstract_params, which: str = "ema",
+                    step: int | None = None):
+  """The EMA (`which="ema"`) or raw (`"params"`) weights of a run, laid out on this process's
+  devices whatever device count wrote them; None if the run has no checkpoint yet.
+
+  A partial restore: no optimizer is built and its moments are never read. Unreadable or corrupt
+  checkpoints are skipped as in `restore` (never quarantined: readers leave the workdir as it is).
+  """
+  if which not in _WEIGHTS:
+    raise ValueError(f"which={which!r}; use one of {sorted(_WEIGHTS)}")
+  own = isinstance(workdir_or_manager, str)
+  mngr = manager(workdir_or_manager, async_save=False) if own else workdir_or_manager
+  try:
+    weights, _ = _first_readable(mngr, step, False,
+                                 lambda s: _restore_weights_one(mngr, abstract_params, s))
+  finally:
+    if own:
+      mngr.close()
+  return None if weights is None else weights[which]
 
 
 def _warn(msg: str) -> None:
@@ -164,6 +234,11 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None
   it is tried; with `quarantine` (the trainer) it is also moved to `checkpoints_corrupt/` so the
   step can be written again. It is never loaded.
   """
+  return _first_readable(mngr, step, quarantine, lambda s: _restore_one(mngr, abstract_state, s))
+
+
+def _first_readable(mngr, step, quarantine, read):
+  """read(step) for `step`, or for the newest step it succeeds on (see `restore`)."""
   if step is not None:
     steps = [step]
   else:
@@ -171,7 +246,7 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None
   failed = []
   for s in steps:
     try:
-      state, meta = _restore_one(mngr, abstract_state, s)
+      out = read(s)
     except Exception as e:  # orbax / tensorstore raise many types for missing or garbled files
       reason = " ".join(str(e).split())[:200]
       if step is not None or (len(steps) == 1 and _looks_like_mismatch(e)):
@@ -184,7 +259,7 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None
     if quarantine:
       for bad, _ in failed:
         _quarantine(mngr, bad)
-    return state, meta
+    return out
   if failed:
     raise JaxdiffError(f"no readable checkpoint in {mngr.directory} (newest: {failed[0][1]}); "
                        "use a new --workdir, or the config it was trained with")

@@ -68,8 +68,8 @@ def train(exp, workdir: str) -> dict:
   step_cfg = families.step_config(exp, graphdef, optimizer)
   mngr = ckpt_lib.manager(workdir, keep=t.keep_checkpoints)
   state_sh = sharding_lib.state_sharding(abstract, mesh, fsdp=t.fsdp)
-  state, _ = ckpt_lib.restore(mngr, sharding_lib.with_sharding(abstract, state_sh),
-                              quarantine=jax.process_index() == 0)
+  state, meta = ckpt_lib.restore(mngr, sharding_lib.with_sharding(abstract, state_sh),
+                                 quarantine=jax.process_index() == 0)
   if state is None:
     _, params = families.make_network(exp, seed=t.seed)
     state = jax.device_put(families.train_state(exp, params, optimizer), state_sh)
@@ -99,9 +99,11 @@ def train(exp, workdir: str) -> dict:
       save_grid(images, os.path.join(workdir, f"samples_{step:07d}.png"))
       save_grid(images, os.path.join(workdir, "samples_latest.png"))
 
-  from jaxdiff.data.prefetch import Prefetcher
-  batches = Prefetcher(source, start, t.steps, t.batch_size, t.seed, jax.process_index(),
-                       jax.process_count(), depth=exp.data.prefetch)
+  from jaxdiff.data.pipeline import Batches, pipeline_config
+  # The grain pipeline continues from the checkpoint's saved iterator state (or from `start`).
+  batches = Batches(source, pipeline_config(exp.data, t.batch_size, t.seed), start, t.steps,
+                    jax.process_index(), jax.process_count(), resume=(meta or {}).get("data"))
+  save_meta = lambda step: {"step": step, "data": batches.state()}  # noqa: E731
   t0 = time.time()
   last_log, last_time, loss = start, t0, float("nan")
   step, saved, preempted, history = start, start, False, []
@@ -128,13 +130,13 @@ def train(exp, workdir: str) -> dict:
           bar.set_postfix(loss=f"{loss:.4f}")
           history.append((step, loss))
         if step % t.checkpoint_every == 0 or step == t.steps:
-          ckpt_lib.save(mngr, step, state, {"step": step})
+          ckpt_lib.save(mngr, step, state, save_meta(step))
           saved = step
         if t.sample_every and (step % t.sample_every == 0 or step == t.steps):
           save_samples(step)
         if preemption.requested:
           if saved != step:
-            ckpt_lib.save(mngr, step, state, {"step": step})
+            ckpt_lib.save(mngr, step, state, save_meta(step))
           log(f"jaxdiff train: SIGTERM at step {step}; checkpoint saved, resume with the same "
               "command")
           preempted = True
