@@ -26,7 +26,7 @@ assert jax.device_count() == want, (jax.device_count(), want)
 import jaxdiff
 from jaxdiff.cli import main
 from jaxdiff.config import load_config
-from jaxdiff.train.loop import train
+from jaxdiff.build import run_training as train
 for action in actions:
   kind, workdir, arg = action.split(":")
   if kind == "train":
