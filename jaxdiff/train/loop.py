@@ -24,6 +24,7 @@ from jaxdiff.train import checkpoint as ckpt_lib
 from jaxdiff.train import sharding as sharding_lib
 from jaxdiff.train.state import halflives, init_state
 from jaxdiff.train.step import StepConfig
+from jaxdiff.train.summaries import add_sample_grid
 
 
 def log(msg: str) -> None:
@@ -113,6 +114,7 @@ def train(cfg, workdir: str) -> dict:
     if jax.process_index() == 0:
       save_grid(images, os.path.join(workdir, f"samples_{step:07d}.png"))
       save_grid(images, os.path.join(workdir, "samples_latest.png"))
+      add_sample_grid(writer, images, step)  # the same grid in TensorBoard, beside the scalars
 
   from jaxdiff.data.prefetch import Prefetcher
   batches = Prefetcher(source, start, t.steps, t.batch_size, t.seed, jax.process_index(),
