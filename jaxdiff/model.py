@@ -108,8 +108,8 @@ class Model:
     out = []
     starts = range(0, num, batch)
     if progress:
-      from tqdm import tqdm
-      starts = tqdm(starts, desc="sampling", unit="batch", leave=False)
+      from jaxdiff.progress import bar
+      starts = bar(starts, desc="sampling", unit="batch", leave=False)
     for start in starts:
       count = min(batch, num - start)
       keys = sample_keys(seed, start, batch)  # fixed batch shape: the last batch is padded

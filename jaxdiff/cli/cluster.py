@@ -46,7 +46,7 @@ def run(args, extra):
     images, _ = source.get(idx)
     res = cluster.optimal_boundaries(images, args.stages, sigma_min=smin, sigma_max=smax,
                                      alpha=args.alpha, eta=args.eta, grid=args.grid,
-                                     num_samples=args.samples, seed=args.seed)
+                                     num_samples=args.samples, seed=args.seed, progress=True)
     out.update(alpha=args.alpha, eta=args.eta, subset=int(n), **res)
   elif args.method == "timestep":
     out["boundaries_sigma"] = cluster.timestep_boundaries(args.stages, sigma_min=smin,

@@ -22,13 +22,15 @@ def run(args, extra):
   import numpy as np
 
   from jaxdiff.errors import JaxdiffError
+  from jaxdiff.fileio import atomic_write, check_writable
   from jaxdiff.images import save_grid
   from jaxdiff.model import load
   if not args.out.endswith(".npz"):
     raise JaxdiffError(f"--out {args.out!r} must end in .npz")
-  out_dir = os.path.dirname(os.path.abspath(args.out))
-  if not os.access(out_dir, os.W_OK):
-    raise JaxdiffError(f"cannot write {args.out!r}: directory {out_dir!r} is not writable")
+  # Both outputs are checked before the (long) sampling, so a bad path costs nothing.
+  check_writable(args.out, "--out")
+  if args.grid:
+    check_writable(args.grid, "--grid")
   model = load(args.workdir, ema=not args.raw)
   t0 = time.time()
   images, labels = model.sample_with_labels(args.num, seed=args.seed, label=args.label,
@@ -37,11 +39,12 @@ def run(args, extra):
   arrays = {"images": images}
   if labels is not None:
     arrays["labels"] = labels.astype(np.int32)
-  tmp = args.out[:-4] + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, args.out)  # never leave a half-written sample file under the requested name
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  # Via a temporary file beside it: never a half-written sample file under the requested name.
+  atomic_write(args.out, lambda f: np.savez(f, **arrays))
   if args.grid:
-    save_grid(images[:256], args.grid)
+    # A conditional model's labels cycle 0..C-1, so C columns put one class in each column.
+    save_grid(images[:256], args.grid, cols=model.label_dim or None)
   import sys
   print(f"jaxdiff sample: {args.num} images in {time.time() - t0:.1f} s -> {args.out}",
         file=sys.stderr)

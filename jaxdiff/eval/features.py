@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-
 import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
-from tqdm.auto import tqdm
+
+from jaxdiff.progress import bar
 
 
 def data_mesh(devices=None) -> jax.sharding.Mesh:
@@ -37,8 +36,7 @@ def extract_features(fn, params, images, *, batch_size: int = 64, mesh=None, des
   params = jax.device_put(params, replicated)
   step = jax.jit(fn, in_shardings=(replicated, batch_sharding), out_shardings=batch_sharding)
   out = []
-  with tqdm(total=n, desc=desc, unit="img", file=sys.stderr, disable=not progress,
-            dynamic_ncols=True) as bar:
+  with bar(total=n, desc=desc, unit="img", disable=not progress) as pbar:
     for start in range(0, n, batch_size):
       chunk = images[start:start + batch_size]
       real = chunk.shape[0]
@@ -46,7 +44,7 @@ def extract_features(fn, params, images, *, batch_size: int = 64, mesh=None, des
         chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - real, axis=0)])
       feats = step(params, jax.device_put(chunk, batch_sharding))
       out.append(np.asarray(feats, np.float32)[:real])
-      bar.update(real)
+      pbar.update(real)
   return np.concatenate(out, axis=0)
 
 

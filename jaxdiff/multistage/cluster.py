@@ -32,15 +32,18 @@ def sigma_grid(sigma_min: float, sigma_max: float, num: int) -> np.ndarray:
   return np.exp(np.linspace(np.log(sigma_min), np.log(sigma_max), num))
 
 
-def optimal_eps(data, y, eps, sigmas, chunk: int = 1024) -> jax.Array:
+def optimal_eps(data, y, eps, sigmas, chunk: int = 1024, progress: bool = False) -> jax.Array:
   """ε*(y + σ ε; σ) for every σ in `sigmas`: [S, B, ...] float32 (data, y in data units)."""
+  from jaxdiff.progress import bar
   data = jnp.asarray(data, jnp.float32)
 
   @jax.jit
   def one(sigma):
     x = y + sigma * eps
     return (x - dataset_denoise(data, x, sigma, chunk=chunk)) / sigma
-  return jnp.stack([one(jnp.float32(s)) for s in sigmas])
+  # Each σ is waited for, so the bar (on stderr) moves with the work rather than the dispatch.
+  return jnp.stack([jax.block_until_ready(one(jnp.float32(s)))
+                    for s in bar(sigmas, desc="cluster", unit="σ", disable=not progress)])
 
 
 def similarity_curves(eps_star, eta: float, lo: int = 0, hi: int | None = None):
@@ -107,7 +110,7 @@ def boundaries_from_similarity(sigmas, eps_star, num_stages: int, alpha: float, 
 
 def optimal_boundaries(data, num_stages: int, *, sigma_min: float, sigma_max: float,
                        alpha: float = 0.9, eta: float = 2 / 255, grid: int = 64,
-                       num_samples: int = 256, seed: int = 0) -> dict:
+                       num_samples: int = 256, seed: int = 0, progress: bool = False) -> dict:
   """Algorithm 1 on `data` ([N, ...] in [-1, 1]); returns boundaries and the similarity curves."""
   data = np.asarray(data, np.float32)
   rng = np.random.default_rng(seed)
@@ -115,7 +118,7 @@ def optimal_boundaries(data, num_stages: int, *, sigma_min: float, sigma_max: fl
   y = jnp.asarray(data[idx])
   eps = jnp.asarray(rng.standard_normal(y.shape).astype(np.float32))
   sigmas = sigma_grid(sigma_min, sigma_max, grid)
-  eps_star = optimal_eps(data, y, eps, sigmas)
+  eps_star = optimal_eps(data, y, eps, sigmas, progress=progress)
   b = boundaries_from_similarity(sigmas, eps_star, num_stages, alpha, eta)
   s_lo, s_hi = similarity_curves(eps_star, eta)
   return dict(boundaries_sigma=b, sigmas=sigmas.tolist(), similarity_low=s_lo.tolist(),

@@ -21,6 +21,7 @@ from jaxdiff.images import save_grid
 from jaxdiff.model import Model
 from jaxdiff.train import checkpoint as ckpt_lib
 from jaxdiff.train import sharding as sharding_lib
+from jaxdiff.train.summaries import add_sample_grid
 
 
 def log(msg: str) -> None:
@@ -98,6 +99,7 @@ def train(exp, workdir: str) -> dict:
     if jax.process_index() == 0:
       save_grid(images, os.path.join(workdir, f"samples_{step:07d}.png"))
       save_grid(images, os.path.join(workdir, "samples_latest.png"))
+      add_sample_grid(writer, images, step)  # the same grid in TensorBoard, beside the scalars
 
   from jaxdiff.data.pipeline import Batches, pipeline_config
   # The grain pipeline continues from the checkpoint's saved iterator state (or from `start`).
