@@ -89,22 +89,24 @@ def samplers(md: str, path: str) -> str:
     for k, solver in enumerate(t["header"][1:], start=1):
       nfe, err = [], []
       for b, r in zip(budgets, t["rows"]):
+        if not r[k]:
+          continue  # not run at this budget (e.g. no GITS row at 35 NFE)
         used = re.search(r"\((\d+)\)", r[k])
         nfe.append(float(used.group(1)) if used else b)
         err.append(number(r[k]))
       ax.plot(nfe, err, "o-", ms=3, label=solver)
-    title = re.findall(r"^(gmm\w+) \((d=\d+)[^)]*\)", t["before"], re.M)
+    title = re.findall(r"^(gmm\w+) \((d=\d+)[^)]*\)(, n=[\d,]+)?", t["before"], re.M)
     floor = re.findall(r"noise floor ([\d.]+) ± ([\d.]+)", t["before"])
     if floor:
       f, s = map(float, floor[-1])
       ax.axhspan(f - s, f + s, color="0.85", zorder=0)
       ax.axhline(f, color="0.4", lw=1, ls="--", label="noise floor")
     ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel="sliced W2 to true samples",
-           title=" ".join(title[-1]) if title else "")
+           title=" ".join(x.strip(", ") for x in title[-1] if x) if title else "")
     ticks = sorted(set(budgets))
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.xaxis.set_minor_formatter(plt.NullFormatter())
-  axes[0][-1].legend(fontsize=8)
+    ax.legend(fontsize=7)  # each table has its own solver set (and colours)
   fig.suptitle("Sampler accuracy on Gaussian mixtures (exact denoiser)")
   return _save(fig, path)
 
