@@ -1,6 +1,8 @@
 """The reproducibility score and its pixel similarity on hand-made cases: identical, shifted,
 independent noise (against the analytic chance figure), and the degenerate cases."""
 
+import os
+
 import chex
 import numpy as np
 import pytest
@@ -80,3 +82,52 @@ def test_degenerate_inputs():
     reproducibility(x, x, threshold=1.5)
   d = reproducibility(x, x).to_dict()
   assert d["score"] == 1.0 and len(d["hist"]) == 20 and len(d["edges"]) == 21
+
+
+def _bench():
+  import importlib.util
+  import os
+  path = os.path.join(os.path.dirname(__file__), "..", "bench", "reproducibility.py")
+  spec = importlib.util.spec_from_file_location("_bench_reproducibility", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_bench_dry_run_lists_trainings_and_comparisons(tmp_path, capsys):
+  bench = _bench()
+  assert bench.main(["--root", str(tmp_path), "--train", "--dry-run", "--seeds", "0", "1",
+                     "--override=--config.training.steps=10"]) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  trains = [line for line in lines if " train " in line]
+  compares = [line for line in lines if " compare " in line]
+  names = sorted(line.split("--workdir ")[1].split()[0].rsplit("/", 1)[1] for line in trains)
+  want = [f"{r}-s{s}" for r in ("base", "ddpmpp", "half", "multistage", "vp") for s in (0, 1)]
+  if os.path.isfile(os.path.join(bench.CONFIGS, "digits_edm2.py")):
+    want += ["edm2-s0", "edm2-s1"]
+  assert names == sorted(want)
+  assert all("--config.training.steps=10" in line for line in trains)
+  assert any("--config.training.seed=1" in line and "/base-s1" in line for line in trains)
+  assert sum("--shuffle" in line for line in compares) == 2
+  assert sum("--s-churn 40" in line for line in compares) == 2
+  assert sum("--steps-b 35" in line for line in compares) == 2
+  assert sum("/base-s0 --workdir " in line and "/base-s1 " in line for line in compares) == 1
+  assert not list(tmp_path.iterdir())  # a dry run creates no workdir
+
+
+def test_bench_table_and_plots(tmp_path):
+  bench = _bench()
+  rng = np.random.default_rng(0)
+  npz = tmp_path / "p.npz"
+  np.savez(npz, images_a=rng.integers(0, 256, (12, 8, 8, 1)).astype(np.uint8),
+           images_b=rng.integers(0, 256, (12, 8, 8, 1)).astype(np.uint8),
+           similarity=rng.uniform(-1, 1, 12))
+  results = [dict(group=g, a="base-s0", b="x-s0", score=sc, mean_similarity=m, num=12,
+                  threshold=0.9, pairs_npz=str(npz))
+             for g, sc, m in (("seed", 0.8, 0.9), ("seed", 0.6, 0.7), ("arch", 0.2, 0.5))]
+  text = bench.table(results)
+  assert "| seed | 2 | 0.700 ± 0.100 | 0.800 | 12 |" in text
+  assert "| arch | 1 | 0.200 ± 0.000 | 0.500 | 12 |" in text
+  bench.plot(results, str(tmp_path / "a.png"))
+  bench.plot_pairs(results, str(tmp_path / "b.png"))
+  assert (tmp_path / "a.png").stat().st_size > 0 and (tmp_path / "b.png").stat().st_size > 0

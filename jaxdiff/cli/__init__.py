@@ -23,6 +23,8 @@ COMMANDS = {
     "bench": ("jaxdiff.cli.bench", "throughput of the compiled train step and of sampling"),
     "convert-edm": ("jaxdiff.cli.convert", "import reference PyTorch EDM weights into a checkpoint"),
     "cluster": ("jaxdiff.cli.cluster", "multi-stage boundaries from the training data"),
+    "compare": ("jaxdiff.cli.compare", "reproducibility: do two models map the same noise to "
+                "the same image?"),
 }
 
 
