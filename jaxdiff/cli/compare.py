@@ -45,8 +45,7 @@ def add_arguments(parser):
 
 def _settings(model, solver, steps, s_churn):
   """The resolved (solver, steps, s_churn) a model will sample with."""
-  from jaxdiff import build
-  kw = build.sampler_kwargs(model.cfg, solver, steps)
+  kw = model.exp.sampling.kwargs(solver, steps)
   return kw["solver"], kw["num_steps"], float(kw["s_churn"] if s_churn is None else s_churn)
 
 
@@ -118,7 +117,10 @@ def run(args, extra):
                          "--allow-stochastic to measure it anyway")
   if args.s_churn is not None:
     # B's configured S_churn, replaced on the loaded copy only (nothing is written to its workdir).
-    model_b.cfg.sampler.s_churn = float(args.s_churn)
+    import dataclasses
+    exp = model_b.exp
+    model_b.exp = dataclasses.replace(
+        exp, sampling=dataclasses.replace(exp.sampling, s_churn=float(args.s_churn)))
 
   images_a, labels = model_a.sample_with_labels(args.num, seed=args.seed, solver=set_a[0],
                                                 steps=set_a[1], batch_size=args.batch)
