@@ -141,10 +141,12 @@ def experiment(cfg) -> specs.Experiment:
   loss = make_loss(cfg)
   network = network_spec(cfg, precond)
   training = training_spec(cfg)
-  family = families.for_arch(network.arch)
+  family = families.select(network.arch, [k for k in cfg.keys() if cfg.get(k) is not None])
   family_spec = None
   if family.make_spec is not None:
     family_spec = family.make_spec(network, loss, training.batch_size, _section(cfg, family.name))
+  if family.make_precond is not None:  # e.g. the consistency parameterisation
+    precond = family.make_precond(precond, family_spec)
   return specs.Experiment(data=data_spec(cfg), network=network, precond=precond, loss=loss,
                           optimizer=optimizer_spec(cfg), training=training,
                           sampling=sampling_spec(cfg, precond), augment=make_augment(cfg),

@@ -88,17 +88,32 @@ class Model:
 
   def sample(self, num: int, seed: int = 0, label: int | None = None, solver: str | None = None,
              steps: int | None = None, batch_size: int = 256, progress: bool = False,
-             guidance: float | None = None):
+             guidance: float | None = None, sigmas=None):
     """uint8 [num, H, W, C] (and the labels used, via `sample_with_labels`); guidance defaults to
-    sampler.guidance."""
+    sampler.guidance. `sigmas`: the solver's σ grid (steps + 1 values ending at 0, e.g. a
+    `jaxdiff schedule` file's; a missing final 0 is added)."""
     return self.sample_with_labels(num, seed, label, solver, steps, batch_size, progress,
-                                   guidance)[0]
+                                   guidance, sigmas)[0]
+
+  def sampler_kwargs(self, solver=None, steps=None, sigmas=None) -> dict:
+    """The `sampling.sample` keywords of this model: the config's, overridden; a consistency
+    model's grid (jaxdiff.families.consistency.sampler_sigmas)."""
+    from jaxdiff.families.consistency import sampler_sigmas
+    if steps is not None and (isinstance(steps, bool) or int(steps) != steps or steps < 1):
+      raise JaxdiffError(f"--steps must be an integer >= 1, got {steps!r}")
+    if steps is None and sigmas is not None:
+      steps = len(np.asarray(sigmas).reshape(-1)) - int(np.asarray(sigmas).reshape(-1)[-1] == 0)
+    kwargs = self.exp.sampling.kwargs(solver, steps)
+    sig = sampler_sigmas(self.exp, kwargs["solver"], kwargs["num_steps"], sigmas)
+    if sig is not None:
+      kwargs["sigmas"] = tuple(float(v) for v in sig)  # hashable: part of the compile cache key
+    return kwargs
 
   def sample_with_labels(self, num, seed=0, label=None, solver=None, steps=None, batch_size=256,
-                         progress=False, guidance: float | None = None):
+                         progress=False, guidance: float | None = None, sigmas=None):
     if num < 1:
       raise JaxdiffError(f"--num must be at least 1 (got {num})")
-    kwargs = self.exp.sampling.kwargs(solver, steps)
+    kwargs = self.sampler_kwargs(solver, steps, sigmas)
     labels = self.labels_for(num, label)
     batch = min(batch_size, num)
     if guidance is None:

@@ -3,7 +3,9 @@
 A family is a frozen `Family`: its network builder, its optimizer, its per-step loss for the
 train-step skeleton (train.step.train_step), the hook that compiles that step, and optionally its
 own static settings (`make_spec`, from the config section named like the family) and extra `info`
-figures. `for_arch(model.arch)` picks the family owning an architecture (`plain` owns the rest).
+figures. `for_arch(model.arch)` picks the family owning an architecture (`plain` owns the rest);
+`select(arch, sections)` first gives a family whose config section is present (a `consistency`
+section makes any network a consistency model), if it claims configs that way.
 See docs/ARCHITECTURE.md, "Adding a model family".
 """
 
@@ -18,6 +20,7 @@ from flax import nnx
 
 # name -> module defining FAMILY; the order is the lookup order of `for_arch`.
 FAMILIES = {
+    "consistency": "jaxdiff.families.consistency",
     "multistage": "jaxdiff.families.multistage",
     "plain": "jaxdiff.families.plain",
 }
@@ -52,6 +55,12 @@ class Family:
   compile_step: Callable | None = None
   make_spec: Callable | None = None   # (NetworkSpec, loss, batch_size, section: dict) -> spec
   info: Callable | None = None         # (Experiment) -> dict of extra `jaxdiff info` figures
+  # True: the family owns every config holding its section (whatever the arch; see `select`)
+  selected_by_section: bool = False
+  # (precond from the config, family_spec) -> the preconditioning the family's model uses
+  make_precond: Callable | None = None
+  # (Experiment, fresh params) -> the params a new run starts from (e.g. a trained model's)
+  init_params: Callable | None = None
 
 
 def get(name: str) -> Family:
@@ -66,6 +75,15 @@ def for_arch(arch: str) -> Family:
   return get("plain")
 
 
+def select(arch: str, sections=()) -> Family:
+  """The family of a config: one with `selected_by_section` whose section is among `sections`
+  (the config's top-level keys), else the owner of `arch`."""
+  for name in FAMILIES:
+    if name in sections and get(name).selected_by_section:
+      return get(name)
+  return for_arch(arch)
+
+
 def of(exp) -> Family:
   return get(exp.family)
 
@@ -74,6 +92,14 @@ def of(exp) -> Family:
 
 def make_network(exp, seed: int = 0):
   return of(exp).make_network(exp, seed)
+
+
+def initial_params(exp, seed: int = 0):
+  """(graphdef, the params a fresh run starts from): the network's, through the family's
+  `init_params` hook when it has one."""
+  graphdef, params = make_network(exp, seed)
+  hook = of(exp).init_params
+  return graphdef, (params if hook is None else hook(exp, params))
 
 
 def abstract_network(exp):

@@ -18,7 +18,9 @@ CONFIG_FILE = "config.json"
 CKPT_DIR = "checkpoints"
 
 # Config sections whose change makes old weights mean something else (or not fit).
-_WEIGHT_DEFINING = ("model", "data.resolution", "data.channels", "data.num_classes", "precond")
+_WEIGHT_DEFINING = ("model", "data.resolution", "data.channels", "data.num_classes", "precond",
+                    # a consistency model's weights mean f, with its boundary at sigma_min
+                    "consistency.mode", "consistency.sigma_min", "consistency.sigma_max")
 # Keys inside those sections that change how the step computes, not what the weights mean.
 _COMPUTE_ONLY = ("remat",)
 

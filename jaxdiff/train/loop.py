@@ -72,7 +72,7 @@ def train(exp, workdir: str) -> dict:
   state, meta = ckpt_lib.restore(mngr, sharding_lib.with_sharding(abstract, state_sh),
                                  quarantine=jax.process_index() == 0)
   if state is None:
-    _, params = families.make_network(exp, seed=t.seed)
+    _, params = families.initial_params(exp, seed=t.seed)  # the family may start from a model
     state = jax.device_put(families.train_state(exp, params, optimizer), state_sh)
     del params
     log(f"jaxdiff train: starting {workdir} from step 0")
