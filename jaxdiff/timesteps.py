@@ -98,8 +98,10 @@ def teacher_trajectory(denoise: Callable, latents, fine_sigmas: np.ndarray, subs
   return run(lat)
 
 
-def cost_matrix(denoise: Callable, X, Dx, fine_sigmas: np.ndarray, cost: str = "euler"):
-  """c[i, j] = mean_b ‖Φ(X_i; σ_i → σ_j) − X_j‖₂ for i < j (inf elsewhere), float64 [M+1, M+1]."""
+def cost_matrix(denoise: Callable, X, Dx, fine_sigmas: np.ndarray, cost: str = "euler",
+                progress: Callable | None = None):
+  """c[i, j] = mean_b ‖Φ(X_i; σ_i → σ_j) − X_j‖₂ for i < j (inf elsewhere), float64 [M+1, M+1].
+  `progress` wraps the iterable of rows (e.g. a progress bar)."""
   if cost not in COSTS:
     raise JaxdiffError(f"unknown cost {cost!r}; choose one of {', '.join(COSTS)}")
   s = np.asarray(fine_sigmas, np.float64)
@@ -126,7 +128,8 @@ def cost_matrix(denoise: Callable, X, Dx, fine_sigmas: np.ndarray, cost: str = "
     return jnp.mean(jnp.linalg.norm(flat(xe - X), axis=-1), axis=-1)
 
   C = np.full((M + 1, M + 1), np.inf)
-  for i in range(M):
+  rows = range(M) if progress is None else progress(range(M))
+  for i in rows:
     C[i, i + 1:] = np.asarray(row(i), np.float64)[i + 1:]
   return C
 
@@ -157,11 +160,12 @@ def min_cost_path(C: np.ndarray, num_edges: int):
 
 def gits_sigmas(denoise: Callable, latents, solver: str = "ipndm", nfe: int = 8, *,
                 fine_steps: int = 100, sigma_min: float = 0.002, sigma_max: float = 80.0,
-                rho: float = 7.0, teacher_substeps: int = 4, cost: str | None = None):
+                rho: float = 7.0, teacher_substeps: int = 4, cost: str | None = None,
+                progress: Callable | None = None):
   """GITS time steps for `solver` at `nfe` evaluations; see the module docstring.
 
   denoise(x [B, ...], sigma [B]) -> D(x; σ), latents [B, ...] ~ N(0, I) (the teacher and the
-  coarse steps start from latents·σ_max). Returns (sigmas float64 [K + 1] ending at 0, info dict
+  coarse steps start from latents·σ_max). `progress` wraps the cost matrix's rows. Returns (sigmas float64 [K + 1] ending at 0, info dict
   with the fine-grid indices, the DP cost and the cost of the Karras grid's indices for reference).
   """
   K = steps_for_nfe(solver, nfe)
@@ -172,7 +176,7 @@ def gits_sigmas(denoise: Callable, latents, solver: str = "ipndm", nfe: int = 8,
     raise JaxdiffError(f"{K} steps need fine_steps >= {K}, got {fine_steps}")
   s = fine_grid(fine_steps, sigma_min, sigma_max, rho)
   X, Dx = teacher_trajectory(denoise, latents, s, teacher_substeps)
-  C = cost_matrix(denoise, X, Dx, s, cost)
+  C = cost_matrix(denoise, X, Dx, s, cost, progress)
   path, total = min_cost_path(C, K)
   return s[path], {"method": "gits", "solver": solver, "nfe": int(nfe), "num_steps": K,
                    "cost": cost, "fine_steps": int(fine_steps), "indices": path.tolist(),

@@ -25,6 +25,8 @@ COMMANDS = {
     "cluster": ("jaxdiff.cli.cluster", "multi-stage boundaries from the training data"),
     "compare": ("jaxdiff.cli.compare", "reproducibility: do two models map the same noise to "
                 "the same image?"),
+    "schedule": ("jaxdiff.cli.schedule", "optimized σ grid (GITS) of an ODE solver at an NFE "
+                 "budget, for `sample --schedule`"),
 }
 
 

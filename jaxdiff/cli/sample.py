@@ -1,5 +1,5 @@
 """`jaxdiff sample --workdir DIR --num N --out FILE.npz [--seed S] [--solver NAME] [--steps K]
-[--label C] [--grid FILE.png]`."""
+[--label C] [--grid FILE.png] [--schedule FILE.json | --sigmas S0,S1,...]`."""
 
 
 def add_arguments(parser):
@@ -13,6 +13,43 @@ def add_arguments(parser):
   parser.add_argument("--grid", default=None, help="also write a PNG grid of the samples")
   parser.add_argument("--batch", type=int, default=256, help="images per compiled call")
   parser.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
+  add_grid_arguments(parser)
+
+
+# ---------------------------------------------------------------- σ grids (few-step sampling)
+def add_grid_arguments(parser):
+  g = parser.add_argument_group("noise levels (default: the config's grid)")
+  g.add_argument("--schedule", default=None, metavar="FILE.json",
+                 help="σ grid from `jaxdiff schedule` (its solver and steps unless given; they "
+                      "must match)")
+  g.add_argument("--sigmas", default=None, metavar="S0,S1,...",
+                 help="decreasing noise levels, one per step (a final 0 is added): e.g. the "
+                      "consistency solver's 80,0.821")
+
+
+def grid_options(args):
+  """(solver, steps, sigmas or None) from --solver / --steps / --schedule / --sigmas, checked."""
+  from jaxdiff.errors import JaxdiffError
+  if args.steps is not None and args.steps < 1:
+    raise JaxdiffError(f"--steps must be >= 1, got {args.steps}")
+  if args.schedule and args.sigmas:
+    raise JaxdiffError("give --schedule or --sigmas, not both")
+  if args.schedule:
+    from jaxdiff.timesteps import load_schedule
+    sig, rec = load_schedule(args.schedule, args.steps)
+    found = rec.get("solver")
+    if args.solver and found and args.solver != found:
+      raise JaxdiffError(f"--schedule {args.schedule} was searched for solver {found!r} "
+                         f"(NFE {rec.get('nfe')}), not {args.solver!r}; pass --solver {found}, or "
+                         f"search one with `jaxdiff schedule --solver {args.solver}`")
+    return args.solver or found, len(sig) - 1, sig
+  if args.sigmas:
+    try:
+      sig = [float(v) for v in args.sigmas.split(",") if v.strip()]
+    except ValueError:
+      raise JaxdiffError(f"--sigmas {args.sigmas!r} must be numbers separated by commas") from None
+    return args.solver, args.steps, sig
+  return args.solver, args.steps, None
 
 
 def run(args, extra):
@@ -31,11 +68,12 @@ def run(args, extra):
   check_writable(args.out, "--out")
   if args.grid:
     check_writable(args.grid, "--grid")
+  solver, steps, sigmas = grid_options(args)  # a bad grid fails before loading anything
   model = load(args.workdir, ema=not args.raw)
   t0 = time.time()
   images, labels = model.sample_with_labels(args.num, seed=args.seed, label=args.label,
-                                            solver=args.solver, steps=args.steps,
-                                            batch_size=args.batch, progress=True)
+                                            solver=solver, steps=steps,
+                                            batch_size=args.batch, progress=True, sigmas=sigmas)
   arrays = {"images": images}
   if labels is not None:
     arrays["labels"] = labels.astype(np.int32)
