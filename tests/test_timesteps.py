@@ -153,3 +153,18 @@ def test_schedule_files(tmp_path):
       timesteps.load_schedule(str(bad))
   with pytest.raises(JaxdiffError, match="cannot read"):
     timesteps.load_schedule(str(tmp_path / "missing.json"))
+
+
+def test_progress_hook_sees_every_cost_row_and_changes_nothing():
+  lat = jnp.asarray(LAT, jnp.float32)
+  seen = []
+
+  def progress(rows):
+    for i in rows:
+      seen.append(i)
+      yield i
+  sig, info = timesteps.gits_sigmas(GMM.denoise, lat, "ipndm", 3, fine_steps=6, progress=progress)
+  assert seen == list(range(6))  # rows 0..M−1 of the [M+1, M+1] matrix, M = 6 intervals
+  plain, plain_info = timesteps.gits_sigmas(GMM.denoise, lat, "ipndm", 3, fine_steps=6)
+  np.testing.assert_array_equal(sig, plain)
+  assert info == plain_info
