@@ -46,6 +46,25 @@ def make_sample_fn(graphdef, precond, label_dim: int, shape: tuple, sampler_item
   return jax.jit(fn)
 
 
+def sampler_sigmas(exp, solver: str, num_steps: int, sigmas=None):
+  """The σ grid (num_steps + 1 values ending at 0) `Model.sample` passes to sampling.sample, or
+  None for the solver's default. Refuses the consistency solver on other models; for it, with no
+  grid given, the config's consistency.sample_sigmas when they hold num_steps levels."""
+  from jaxdiff import timesteps
+  if solver == "consistency" and exp.family != "consistency":
+    raise JaxdiffError("--solver consistency needs a consistency model (a workdir trained with a "
+                       "`consistency` config section); use an ODE solver such as heun or ipndm")
+  if sigmas is not None:
+    sig = np.asarray(sigmas, np.float64).reshape(-1)
+    if sig.size and sig[-1] != 0:
+      sig = np.append(sig, 0.0)
+    return timesteps.check_sigmas(sig, num_steps, what="the noise levels")
+  taus = exp.family_spec.sample_sigmas if exp.family == "consistency" else ()
+  if solver == "consistency" and len(taus) == num_steps:
+    return np.append(np.asarray(taus, np.float64), 0.0)
+  return None
+
+
 class Model:
   """Network + preconditioning + sampler settings of one run (an Experiment), with fixed
   weights."""
@@ -97,8 +116,7 @@ class Model:
 
   def sampler_kwargs(self, solver=None, steps=None, sigmas=None) -> dict:
     """The `sampling.sample` keywords of this model: the config's, overridden; a consistency
-    model's grid (jaxdiff.families.consistency.sampler_sigmas)."""
-    from jaxdiff.families.consistency import sampler_sigmas
+    model's grid (`sampler_sigmas`)."""
     if steps is not None and (isinstance(steps, bool) or int(steps) != steps or steps < 1):
       raise JaxdiffError(f"--steps must be an integer >= 1, got {steps!r}")
     if steps is None and sigmas is not None:

@@ -205,3 +205,17 @@ def test_distillation_trains_through_the_loop(teacher, tmp_path):
                        "--config.training.steps=2"), w)
   assert summary["steps"] == 2 and np.isfinite(summary["final_loss"])
   assert jaxdiff.load(w).exp.family_spec.mode == "distill"
+
+
+def test_sampler_grid_of_a_consistency_model():
+  from jaxdiff.model import sampler_sigmas
+  exp = build.experiment(_cfg())
+  np.testing.assert_array_equal(sampler_sigmas(exp, "consistency", 2), [80.0, 0.821, 0.0])
+  assert sampler_sigmas(exp, "consistency", 3) is None  # the sampler's own Karras levels
+  np.testing.assert_array_equal(sampler_sigmas(exp, "consistency", 3, [80, 4, 1]), [80, 4, 1, 0])
+  with pytest.raises(JaxdiffError, match="3 steps need 4"):
+    sampler_sigmas(exp, "consistency", 3, [80, 4])
+  plain = build.experiment(load_config(DIGITS, TINY))
+  with pytest.raises(JaxdiffError, match="needs a consistency model"):
+    sampler_sigmas(plain, "consistency", 1)
+  assert sampler_sigmas(plain, "heun", 3) is None

@@ -215,26 +215,6 @@ def compile_step(step_cfg, exp, **jit_kwargs):
   return lambda state, batch: jitted(state, batch, t_params)
 
 
-# ---------------------------------------------------------------- sampling
-def sampler_sigmas(exp, solver: str, num_steps: int, sigmas=None):
-  """The σ grid (num_steps + 1 values ending at 0) `Model.sample` passes to sampling.sample, or
-  None for the solver's default. Refuses the consistency solver on other models. For it, with no
-  grid given, the config's consistency.sample_sigmas when they hold num_steps levels."""
-  from jaxdiff import timesteps
-  if solver == "consistency" and exp.family != "consistency":
-    raise JaxdiffError("--solver consistency needs a consistency model (a workdir trained with a "
-                       "`consistency` config section); use an ODE solver such as heun or ipndm")
-  if sigmas is not None:
-    sig = np.asarray(sigmas, np.float64).reshape(-1)
-    if sig.size and sig[-1] != 0:
-      sig = np.append(sig, 0.0)
-    return timesteps.check_sigmas(sig, num_steps, what="the noise levels")
-  taus = exp.family_spec.sample_sigmas if exp.family == "consistency" else ()
-  if solver == "consistency" and len(taus) == num_steps:
-    return np.append(np.asarray(taus, np.float64), 0.0)
-  return None
-
-
 FAMILY = Family(name="consistency", loss=loss, make_optimizer=make_optimizer,
                 compile_step=compile_step, make_spec=make_spec, selected_by_section=True,
                 make_precond=make_precond, init_params=init_params)
