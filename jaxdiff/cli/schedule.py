@@ -84,6 +84,7 @@ def run(args, extra):
       raise JaxdiffError(f"--out {args.out!r} must end in .json")
     check_writable(args.out, "--out")
   recorded = schedule_path(args.workdir, args.solver, args.nfe)
+  check_writable(recorded, "the workdir's schedule file")  # before the search, not after
   t0 = time.time()
   model = load(args.workdir, ema=not args.raw)
   sigmas, info = search(model, args.solver, args.nfe, args.num, args.seed, args.fine_steps,
