@@ -25,6 +25,8 @@ COMMANDS = {
     "cluster": ("jaxdiff.cli.cluster", "multi-stage boundaries from the training data"),
     "compare": ("jaxdiff.cli.compare", "reproducibility: do two models map the same noise to "
                 "the same image?"),
+    "phema": ("jaxdiff.cli.phema", "post-hoc EMA (EDM2): reconstruct an EMA width from a run's "
+              "snapshots into a new workdir"),
 }
 
 

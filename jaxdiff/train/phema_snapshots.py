@@ -87,3 +87,18 @@ def read(path: str, like):
   leaves, treedef = jax.tree.flatten(like)
   keys = list(want)  # flat_leaves keeps the tree's flatten order
   return jax.tree.unflatten(treedef, [got[k].astype(l.dtype) for k, l in zip(keys, leaves)])
+
+
+def reconstruct_files(paths: Sequence[str], coefficients, like):
+  """Σ_i coefficients[i] · snapshot_i for the snapshot files `paths` ([len(paths)] weights, one
+  output), read one file at a time and accumulated in float64 (phema.reconstruct's sum, without
+  holding every snapshot in memory). Returns a pytree shaped like `like`, in its dtypes."""
+  x = np.asarray(coefficients, np.float64).reshape(-1)
+  if x.shape[0] != len(paths):
+    raise ValueError(f"{x.shape[0]} coefficients for {len(paths)} snapshots")
+  leaves, treedef = jax.tree.flatten(like)
+  acc = [np.zeros(l.shape, np.float64) for l in leaves]
+  for xi, path in zip(x, paths):
+    for a, v in zip(acc, jax.tree.leaves(read(path, like))):
+      a += xi * np.asarray(v, np.float64)
+  return jax.tree.unflatten(treedef, [a.astype(l.dtype) for a, l in zip(acc, leaves)])
