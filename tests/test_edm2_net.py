@@ -32,6 +32,22 @@ def test_parameter_count_equals_reference(config, overrides, expected):
   assert count_params(params) == expected
 
 
+@pytest.mark.parametrize("config,overrides,expected", [
+    ("configs/imagenet64_edm2_xs.py", [], 124_710_949),
+    ("configs/imagenet64_edm2_s.py", [], 280_209_381),
+    ("configs/imagenet512_edm2_xs.py", [], 124_713_253),
+])
+def test_info_json_gives_the_reference_counts(config, overrides, expected, capsys):
+  """`jaxdiff info --json` itself (weights as ShapeDtypeStructs; the GFLOPs from the lowering)."""
+  import json
+
+  from jaxdiff.cli import main
+  assert main(["info", "--config", config, "--json", *overrides]) == 0
+  info = json.loads(capsys.readouterr().out)
+  assert info["params"] == expected and sum(info["params_by_part"].values()) == expected
+  assert info["gflops_per_forward"] > 0
+
+
 def test_configs_hold_the_reference_presets():
   xs, s = load_config("configs/imagenet64_edm2_xs.py"), load_config("configs/imagenet64_edm2_s.py")
   l512 = load_config("configs/imagenet512_edm2_xs.py")
