@@ -116,6 +116,7 @@ def test_phema_cli_writes_a_workdir_that_load_uses(runs, capsys):
 
 
 def _refused(capsys, argv):
+  capsys.readouterr()  # only this command's stderr
   code = cli_main(argv)
   err = capsys.readouterr().err.strip()
   assert code == 2 and len(err.splitlines()) == 1 and "error:" in err, err
