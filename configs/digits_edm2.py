@@ -7,6 +7,9 @@ No reference preset exists at this size; the choices: ref_lr 0.01 (the reference
 magnitude-preserving Adam, img64-s), decay after 800 batches (half the run), ramp-up 20 k
 images as configs/digits.py, P_mean −0.8 / P_std 1.6 (the reference's pixel-space preset),
 dropout 0, Adam β = (0.9, 0.99).
+
+training.lr is ref_lr; the `edm2` section holds what only the edm2 family (jaxdiff/families/edm2.py)
+reads: ref_batches, ema_stds, snapshot_every_images. Post-hoc EMA: `jaxdiff phema`.
 """
 
 import ml_collections

@@ -8,6 +8,8 @@ The preset (train_edm2.py): batch 2048, ref_lr 0.0120, decay 35000 batches, drop
 P_mean −0.8, P_std 1.6, 1024 Mi images; Adam β = (0.9, 0.99); lr ramp-up 10 M images; snapshots
 every 8 Mi images. The reference computes in fp16; here bfloat16 (float32 parameters): use
 --config.model.dtype=float32 on CPU. Sampling as generate_images.py: Heun, 32 steps, no churn.
+training.lr is ref_lr; ref_batches, the EMA widths and the snapshot interval are in the `edm2`
+section (jaxdiff/families/edm2.py).
 """
 
 import ml_collections
