@@ -55,7 +55,9 @@ def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("edm2")
   straight, guide, resumed = (str(root / n) for n in ("straight", "guide", "resumed"))
   build.run_training(_cfg(STEPS), straight)
-  build.run_training(_cfg(STEPS // 2), guide)   # the guide: the same model, half as trained
+  # The guide: the same model, half as trained; through `jaxdiff train` itself.
+  assert cli_main(["train", "--config", EDM2, "--workdir", guide, *OVERRIDES,
+                   f"--config.training.steps={STEPS // 2}"]) == 0
   shutil.copytree(guide, resumed)
   build.run_training(_cfg(STEPS), resumed)      # resumes from step 6
   return dict(root=root, straight=straight, guide=guide, resumed=resumed)
