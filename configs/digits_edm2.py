@@ -7,6 +7,9 @@ No reference preset exists at this size; the choices: ref_lr 0.01 (the reference
 magnitude-preserving Adam, img64-s), decay after 800 batches (half the run), ramp-up 20 k
 images as configs/digits.py, P_mean −0.8 / P_std 1.6 (the reference's pixel-space preset),
 dropout 0, Adam β = (0.9, 0.99).
+
+training.lr is ref_lr; the `edm2` section holds what only the edm2 family (jaxdiff/families/edm2.py)
+reads: ref_batches, ema_stds, snapshot_every_images. Post-hoc EMA: `jaxdiff phema`.
 """
 
 import ml_collections
@@ -67,15 +70,10 @@ def get_config():
   c.training = ml_collections.ConfigDict()
   c.training.steps = 1600
   c.training.batch_size = 64
-  c.training.lr_schedule = "edm2"
   c.training.lr = 0.01             # ref_lr
-  c.training.ref_batches = 800
   c.training.lr_rampup_images = 20_000
-  c.training.ema_kind = "power"
-  c.training.ema_stds = (0.050, 0.100)
-  c.training.snapshot_every_images = 6_400        # every 100 steps: 16 snapshots per width
-  c.training.ema_halflife_images = 0.0            # unused with ema_kind = "power"
-  c.training.ema_rampup_ratio = 0.0               # unused with ema_kind = "power"
+  c.training.ema_halflife_images = 0.0            # unused: the edm2 family's EMAs are edm2.ema_stds
+  c.training.ema_rampup_ratio = 0.0               # unused, as above
   c.training.checkpoint_every = 500
   c.training.keep_checkpoints = 2
   c.training.log_every = 50
@@ -85,6 +83,11 @@ def get_config():
   c.training.grad_accum = 1
   c.training.fsdp = False
   c.training.distributed = "auto"
+
+  c.edm2 = ml_collections.ConfigDict()
+  c.edm2.ref_batches = 800
+  c.edm2.ema_stds = (0.050, 0.100)
+  c.edm2.snapshot_every_images = 6_400            # every 100 steps: 16 snapshots per width
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.beta1 = 0.9

@@ -31,5 +31,5 @@ def get_config():
   c.loss.P_std = 1.0
   c.training.steps = 1_048_576                 # 2048 Mi images at batch 2048
   c.training.lr = 0.0120
-  c.training.ref_batches = 70_000
+  c.edm2.ref_batches = 70_000
   return c

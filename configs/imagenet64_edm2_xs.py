@@ -8,6 +8,8 @@ The preset (train_edm2.py): batch 2048, ref_lr 0.0120, decay 35000 batches, drop
 P_mean −0.8, P_std 1.6, 1024 Mi images; Adam β = (0.9, 0.99); lr ramp-up 10 M images; snapshots
 every 8 Mi images. The reference computes in fp16; here bfloat16 (float32 parameters): use
 --config.model.dtype=float32 on CPU. Sampling as generate_images.py: Heun, 32 steps, no churn.
+training.lr is ref_lr; ref_batches, the EMA widths and the snapshot interval are in the `edm2`
+section (jaxdiff/families/edm2.py).
 """
 
 import ml_collections
@@ -68,21 +70,23 @@ def get_config():
   c.training = ml_collections.ConfigDict()
   c.training.steps = 524_288       # 1024 Mi images at batch 2048
   c.training.batch_size = 2048
-  c.training.lr_schedule = "edm2"  # ref_lr / sqrt(max(t / (ref_batches·batch), 1)) · min(t / rampup, 1)
+  # lr = ref_lr / sqrt(max(t / (edm2.ref_batches·batch), 1)) · min(t / lr_rampup_images, 1)
   c.training.lr = 0.0120           # ref_lr
-  c.training.ref_batches = 35_000  # decay starts after this many batches
   c.training.lr_rampup_images = 10_000_000
-  c.training.ema_kind = "power"    # power-function EMA (jaxdiff.phema)
-  c.training.ema_stds = (0.050, 0.100)            # relative widths σ_rel tracked while training
-  c.training.snapshot_every_images = 8 * 2**20    # post-hoc EMA snapshots of each tracked width
-  c.training.ema_halflife_images = 0.0            # unused with ema_kind = "power"
-  c.training.ema_rampup_ratio = 0.0               # unused with ema_kind = "power"
+  c.training.ema_halflife_images = 0.0            # unused: the edm2 family's EMAs are edm2.ema_stds
+  c.training.ema_rampup_ratio = 0.0               # unused, as above
   c.training.checkpoint_every = 65_536             # 128 Mi images, as the reference
   c.training.keep_checkpoints = 2
   c.training.log_every = 64
   c.training.sample_every = 4_096
   c.training.sample_grid = 64
   c.training.seed = 0
+
+  # What only the edm2 family has (jaxdiff/families/edm2.py).
+  c.edm2 = ml_collections.ConfigDict()
+  c.edm2.ref_batches = 35_000      # the lr decay starts after this many batches
+  c.edm2.ema_stds = (0.050, 0.100)                # power-function EMAs (σ_rel) tracked while training
+  c.edm2.snapshot_every_images = 8 * 2**20        # post-hoc EMA snapshots of each tracked width
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.beta1 = 0.9

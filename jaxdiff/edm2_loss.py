@@ -7,8 +7,9 @@ pixel and its training loop takes `loss.sum() / batch`: a SUM over pixels (u(σ)
 pixel) and a mean over the batch. `edm2_loss` returns that per-example sum, so that
 jnp.mean(edm2_loss(...)) is the reference's scalar exactly (gradients included).
 
-Not in losses.LOSSES on purpose: that contract's `denoising_loss` takes a denoiser returning D
-only; this one needs (D, u). The EDM2 train step calls `edm2_loss` with `denoise_and_logvar`.
+In losses.LOSSES as "edm2" for its settings only (config loss.name = "edm2"): `losses.denoising_loss`
+takes a denoiser returning D only, this one needs (D, u); the edm2 family (jaxdiff/families/edm2.py)
+calls `edm2_loss` with `denoise_and_logvar`.
 """
 
 from __future__ import annotations

@@ -82,11 +82,15 @@ class VELoss:
     return 1 / jnp.asarray(sigma, _F32) ** 2
 
 
-LOSSES = {"edm": EDMLoss, "vp": VPLoss, "ve": VELoss}
+# "edm2" (jaxdiff.edm2_loss) is only the settings of EDM2's loss: the edm2 family evaluates it with
+# the network's uncertainty head, never through `denoising_loss` below.
+from jaxdiff.edm2_loss import EDM2Loss  # noqa: E402
+
+LOSSES = {"edm": EDMLoss, "vp": VPLoss, "ve": VELoss, "edm2": EDM2Loss}
 
 
 def make_loss(name: str, **kw):
-  """The loss called `name` (edm / vp / ve) with keyword constants `kw`."""
+  """The loss called `name` (edm / vp / ve / edm2) with keyword constants `kw`."""
   if name not in LOSSES:
     raise JaxdiffError(f"unknown loss.name {name!r}; choose one of {sorted(LOSSES)}")
   cls = LOSSES[name]

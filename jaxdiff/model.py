@@ -136,8 +136,7 @@ class Model:
     batch = min(batch_size, num)
     if guidance is None:
       guidance = self.exp.sampling.guidance
-    fn = make_sample_fn(self.graphdef, self.precond, self.label_dim, self.shape,
-                        tuple(sorted(kwargs.items())), float(guidance))
+    fn = self._sample_fn(kwargs, float(guidance))
     out = []
     starts = range(0, num, batch)
     if progress:
@@ -149,8 +148,20 @@ class Model:
       lab = np.zeros(batch, np.int32)
       if labels is not None:
         lab[:count] = labels[start:start + count]
-      out.append(to_uint8(fn(self.params, keys, lab))[:count])
+      out.append(to_uint8(fn(keys, lab))[:count])
     return np.concatenate(out), labels
+
+  def _sample_fn(self, kwargs: dict, guidance: float):
+    """The compiled sampler as (keys, labels) -> images (a guided model overrides it)."""
+    fn = make_sample_fn(self.graphdef, self.precond, self.label_dim, self.shape,
+                        tuple(sorted(kwargs.items())), guidance)
+    return functools.partial(fn, self.params)
+
+  def with_guide(self, guide: "Model"):
+    """This model autoguided by `guide` (jaxdiff.autoguide): D = D_guide + w·(D − D_guide), w the
+    `guidance` of sample / denoise. The guide must share the data shape and the labels."""
+    from jaxdiff.autoguide import GuidedModel
+    return GuidedModel(self, guide)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

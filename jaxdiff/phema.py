@@ -89,7 +89,7 @@ def snapshot_times(total_images: int, every_images: int, batch_size: int) -> lis
   if every_images <= 0:
     return []
   if every_images % batch_size:
-    raise JaxdiffError(f"training.snapshot_every_images={every_images} is not a multiple of the "
+    raise JaxdiffError(f"edm2.snapshot_every_images={every_images} is not a multiple of the "
                        f"batch {batch_size}; choose a multiple so that a step ends on every snapshot")
   return list(range(every_images, total_images + 1, every_images))
 
@@ -114,8 +114,8 @@ def select_snapshots(snaps: Sequence[tuple[int, float]], out_images: int | None 
   not a snapshot time (as the reference)."""
   snaps = sorted((int(i), float(s)) for i, s in snaps)
   if not snaps:
-    raise JaxdiffError("no power-function EMA snapshots; train with training.ema_kind='power' "
-                       "and training.snapshot_every_images > 0")
+    raise JaxdiffError("no power-function EMA snapshots; train an EDM2 config (model.arch='edm2') "
+                       "with edm2.snapshot_every_images > 0")
   if out_images is None:
     out_images = max(i for i, _ in snaps)
   elif not any(i == out_images for i, _ in snaps):

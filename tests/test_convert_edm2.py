@@ -77,3 +77,52 @@ def test_errors_name_the_problem():
                                          "mis-shaped: unet.emb_label.weight"):
     C.import_state_dict(net, bad)
   assert C.is_edm2_state_dict(sd) and not C.is_edm2_state_dict({"model.map_noise.freqs": 0})
+
+
+@pytest.mark.slow  # end to end: builds, converts, checkpoints and reloads a network
+def test_convert_cli_round_trip_for_an_edm2_config(tmp_path, capsys):
+  """convert-edm dispatches on the config's arch: an EDM2 state dict (random weights and MPFourier
+  buffers) goes into a checkpoint that jaxdiff.load returns unchanged; the buffers are recorded
+  in config.json and adopted by a later run with the plain config file."""
+  import json
+  import os
+
+  from jaxdiff import build, load
+  from jaxdiff.cli import main
+  from jaxdiff.config import load_config, to_json
+  from jaxdiff.train import checkpoint as ckpt_lib
+  config = "configs/digits_edm2.py"
+  overrides = ["--config.model.model_channels=8", "--config.model.channel_mult=(1,2)",
+               "--config.model.num_blocks=1", "--config.model.attn_resolutions=(4,)",
+               "--config.model.channels_per_head=8", "--config.model.logvar_channels=4"]
+  graphdef, params = build.make_network(load_config(config, overrides), seed=1)
+  sd = _random_state_dict(nnx.merge(graphdef, params), seed=5)
+  np.savez(tmp_path / "edm2.npz", **sd)
+  workdir = str(tmp_path / "run")
+  args = ["convert-edm", "--src", str(tmp_path / "edm2.npz"), "--config", config,
+          "--workdir", workdir]
+  assert main(args + overrides) == 0
+  model = load(workdir)
+  back = C.export_state_dict(nnx.merge(model.graphdef, model.params), model.params)
+  assert sorted(back) == sorted(sd)
+  for k in sd:
+    assert np.shape(back[k]) == np.shape(sd[k]), k  # scalar gains stay scalars
+    np.testing.assert_array_equal(back[k], sd[k], err_msg=k)
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert len(json.load(f)["model"]["logvar_fourier_phases"]) == 4
+  plain = load_config(config, overrides)
+  assert build.adopt_recorded(workdir, plain) == sorted(
+      ["emb_fourier_freqs", "emb_fourier_phases", "logvar_fourier_freqs", "logvar_fourier_phases"])
+  ckpt_lib.check_or_write_config(workdir, to_json(plain))  # the same weights' meaning: accepted
+  capsys.readouterr()
+  # An EDM2 state dict with an EDM config (and an EDM one with the EDM2 config): one line, exit 2.
+  wrong = ["convert-edm", "--src", str(tmp_path / "edm2.npz"), "--config", "configs/digits.py",
+           "--workdir", str(tmp_path / "run2")]
+  assert main(wrong) == 2
+  err = capsys.readouterr().err.strip()
+  assert "EDM2" in err and len(err.splitlines()) == 1
+  np.savez(tmp_path / "edm.npz", **{"model.enc.8x8_conv.weight": np.zeros((8, 1, 3, 3), np.float32)})
+  assert main(["convert-edm", "--src", str(tmp_path / "edm.npz"), "--config", config,
+               "--workdir", str(tmp_path / "run3")] + overrides) == 2
+  assert "EDM (NVlabs/edm)" in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "run3" / "checkpoints")

@@ -32,14 +32,30 @@ def test_parameter_count_equals_reference(config, overrides, expected):
   assert count_params(params) == expected
 
 
+@pytest.mark.parametrize("config,overrides,expected", [
+    ("configs/imagenet64_edm2_xs.py", [], 124_710_949),
+    ("configs/imagenet64_edm2_s.py", [], 280_209_381),
+    ("configs/imagenet512_edm2_xs.py", [], 124_713_253),
+])
+def test_info_json_gives_the_reference_counts(config, overrides, expected, capsys):
+  """`jaxdiff info --json` itself (weights as ShapeDtypeStructs; the GFLOPs from the lowering)."""
+  import json
+
+  from jaxdiff.cli import main
+  assert main(["info", "--config", config, "--json", *overrides]) == 0
+  info = json.loads(capsys.readouterr().out)
+  assert info["params"] == expected and sum(info["params_by_part"].values()) == expected
+  assert info["gflops_per_forward"] > 0
+
+
 def test_configs_hold_the_reference_presets():
   xs, s = load_config("configs/imagenet64_edm2_xs.py"), load_config("configs/imagenet64_edm2_s.py")
   l512 = load_config("configs/imagenet512_edm2_xs.py")
-  assert (xs.training.lr, xs.training.ref_batches, xs.model.dropout) == (0.0120, 35000, 0.0)
+  assert (xs.training.lr, xs.edm2.ref_batches, xs.model.dropout) == (0.0120, 35000, 0.0)
   assert (s.training.lr, s.model.model_channels) == (0.0100, 192)
   assert (xs.loss.P_mean, xs.loss.P_std, l512.loss.P_mean, l512.loss.P_std) == (-0.8, 1.6, -0.4, 1.0)
-  assert (l512.training.ref_batches, l512.data.channels, l512.data.resolution) == (70000, 4, 64)
-  assert xs.training.batch_size == 2048 and tuple(xs.training.ema_stds) == (0.05, 0.10)
+  assert (l512.edm2.ref_batches, l512.data.channels, l512.data.resolution) == (70000, 4, 64)
+  assert xs.training.batch_size == 2048 and tuple(xs.edm2.ema_stds) == (0.05, 0.10)
   assert xs.training.lr_rampup_images == 10_000_000 and xs.optimizer.beta2 == 0.99
 
 

@@ -27,6 +27,8 @@ COMMANDS = {
                 "the same image?"),
     "schedule": ("jaxdiff.cli.schedule", "optimized σ grid (GITS) of an ODE solver at an NFE "
                  "budget, for `sample --schedule`"),
+    "phema": ("jaxdiff.cli.phema", "post-hoc EMA (EDM2): reconstruct an EMA width from a run's "
+              "snapshots into a new workdir"),
 }
 
 

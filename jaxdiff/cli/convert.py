@@ -1,7 +1,8 @@
 """`jaxdiff convert-edm --src FILE --config FILE.py --workdir DIR [--config.KEY=VALUE ...]`.
 
-Imports the weights of a reference PyTorch EDM network (NVlabs/edm; a state dict saved as .npz, or
-as .pt/.pth when torch is installed) into a jaxdiff checkpoint (step 0, EMA = the imported
+Imports the weights of a reference PyTorch EDM network (NVlabs/edm) or, with an EDM2 config
+(model.arch = "edm2"), of an EDM2 Precond (NVlabs/edm2) -- a state dict saved as .npz, or as
+.pt/.pth when torch is installed -- into a jaxdiff checkpoint (step 0, EMA = the imported
 weights) that `jaxdiff sample` and `jaxdiff.load` use, and `jaxdiff train` can fine-tune.
 """
 
@@ -22,16 +23,29 @@ def convert(cfg, state_dict):
   from flax import nnx
 
   from jaxdiff import build
-  from jaxdiff.convert import edm
 
-  updates = edm.config_updates(state_dict)
+  module = _converter(cfg, state_dict)
+  updates = module.config_updates(state_dict)
   if updates:
     with cfg.unlocked():
       for k, v in updates.items():
         cfg.model[k] = v
   graphdef, abstract_params = build.abstract_network(cfg)
-  params = edm.import_state_dict(nnx.merge(graphdef, abstract_params), state_dict)
+  params = module.import_state_dict(nnx.merge(graphdef, abstract_params), state_dict)
   return cfg, graphdef, params
+
+
+def _converter(cfg, state_dict):
+  """jaxdiff.convert.edm2 for an EDM2 config (model.arch = "edm2"), else jaxdiff.convert.edm;
+  a state dict of the other kind is refused with one line."""
+  from jaxdiff.convert import edm, edm2
+  is_edm2_config = cfg.model.arch == "edm2"
+  if is_edm2_config != edm2.is_edm2_state_dict(state_dict):
+    have = "an EDM2 (NVlabs/edm2) Precond" if not is_edm2_config else "an EDM (NVlabs/edm) network"
+    raise JaxdiffError(f"--src holds {have}'s state dict but the config's model.arch is "
+                       f"{cfg.model.arch!r}; use a config of the same network "
+                       f"({'configs/imagenet64_edm2_xs.py' if not is_edm2_config else 'configs/cifar10_ddpmpp.py'}, ...)")
+  return edm2 if is_edm2_config else edm
 
 
 def run(args, extra):

@@ -1,5 +1,6 @@
 """`jaxdiff sample --workdir DIR --num N --out FILE.npz [--seed S] [--solver NAME] [--steps K]
-[--label C] [--grid FILE.png] [--schedule FILE.json | --sigmas S0,S1,...]`."""
+[--label C] [--grid FILE.png] [--schedule FILE.json | --sigmas S0,S1,...] [--guide DIR2]
+[--guidance W]`."""
 
 
 def add_arguments(parser):
@@ -14,6 +15,7 @@ def add_arguments(parser):
   parser.add_argument("--batch", type=int, default=256, help="images per compiled call")
   parser.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
   add_grid_arguments(parser)
+  add_guidance_arguments(parser)
 
 
 # ---------------------------------------------------------------- σ grids (few-step sampling)
@@ -52,6 +54,29 @@ def grid_options(args):
   return args.solver, args.steps, None
 
 
+# ---------------------------------------------------------------- guidance
+def add_guidance_arguments(parser):
+  g = parser.add_argument_group("guidance")
+  g.add_argument("--guide", default=None,
+                 help="autoguidance: a second workdir of the same data (a smaller and/or "
+                      "shorter-trained model); D = D_guide + W·(D − D_guide)")
+  g.add_argument("--guidance", type=float, default=None,
+                 help="the weight W: of autoguidance with --guide, else classifier-free "
+                      "(default: the config's sampler.guidance)")
+
+
+def guided_model(args, model):
+  """`model` autoguided by --guide (its EMA weights), or `model` itself without --guide."""
+  if not args.guide:
+    return model
+  from jaxdiff.errors import JaxdiffError
+  from jaxdiff.model import load
+  if args.guidance is None:
+    raise JaxdiffError("--guide needs --guidance W (W > 1 strengthens the guidance; W = 1 is the "
+                       "model alone)")
+  return model.with_guide(load(args.guide))
+
+
 def run(args, extra):
   import os
   import time
@@ -69,11 +94,12 @@ def run(args, extra):
   if args.grid:
     check_writable(args.grid, "--grid")
   solver, steps, sigmas = grid_options(args)  # a bad grid fails before loading anything
-  model = load(args.workdir, ema=not args.raw)
+  model = guided_model(args, load(args.workdir, ema=not args.raw))
   t0 = time.time()
   images, labels = model.sample_with_labels(args.num, seed=args.seed, label=args.label,
                                             solver=solver, steps=steps,
-                                            batch_size=args.batch, progress=True, sigmas=sigmas)
+                                            batch_size=args.batch, progress=True, sigmas=sigmas,
+                                            guidance=args.guidance)
   arrays = {"images": images}
   if labels is not None:
     arrays["labels"] = labels.astype(np.int32)

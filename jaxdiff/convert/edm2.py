@@ -118,6 +118,7 @@ def import_state_dict(net, state_dict: Mapping[str, np.ndarray]) -> nnx.State:
     *parents, leaf = n.split(".")
     for p in parents:
       node = node.setdefault(p, {})
-    node[leaf] = np.ascontiguousarray(_from_reference(np.asarray(state_dict[n], np.float32)))
+    # np.array, not np.ascontiguousarray: that makes the scalar gains [1]-shaped.
+    node[leaf] = np.array(_from_reference(np.asarray(state_dict[n], np.float32)), order="C")
   nnx.replace_by_pure_dict(params, pure)
   return params

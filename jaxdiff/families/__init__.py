@@ -22,6 +22,7 @@ from flax import nnx
 FAMILIES = {
     "consistency": "jaxdiff.families.consistency",
     "multistage": "jaxdiff.families.multistage",
+    "edm2": "jaxdiff.families.edm2",
     "plain": "jaxdiff.families.plain",
 }
 
@@ -61,6 +62,12 @@ class Family:
   make_precond: Callable | None = None
   # (Experiment, fresh params) -> the params a new run starts from (e.g. a trained model's)
   init_params: Callable | None = None
+  # (Experiment) -> dict of StepConfig's optional hooks (prepare_params, sanitize, ema)
+  step_options: Callable | None = None
+  num_emas: Callable | None = None     # (Experiment) -> EMAs in the TrainState (None: one per
+                                       #   training.ema_halflife_images)
+  # (Experiment, workdir, step, state) -> None: host-side work after each step (EDM2: snapshots)
+  on_step: Callable | None = None
 
 
 def get(name: str) -> Family:
@@ -116,7 +123,12 @@ def train_state(exp, params, optimizer=None, seed: int | None = None):
   from jaxdiff.train.state import init_state
   optimizer = make_optimizer(exp) if optimizer is None else optimizer
   seed = exp.training.seed if seed is None else seed
-  return init_state(params, optimizer, seed, exp.training.num_emas)
+  return init_state(params, optimizer, seed, num_emas(exp))
+
+
+def num_emas(exp) -> int:
+  family = of(exp)
+  return family.num_emas(exp) if family.num_emas is not None else exp.training.num_emas
 
 
 def abstract_state(exp, optimizer=None):
@@ -128,10 +140,12 @@ def abstract_state(exp, optimizer=None):
 def step_config(exp, graphdef, optimizer):
   from jaxdiff.train.step import StepConfig
   t = exp.training
+  family = of(exp)
+  hooks = family.step_options(exp) if family.step_options is not None else {}
   return StepConfig(graphdef=graphdef, precond=exp.precond, loss=exp.loss, optimizer=optimizer,
                     label_dim=exp.label_dim, batch_size=t.batch_size,
                     ema_halflife_images=t.ema_halflife_images, ema_rampup_ratio=t.ema_rampup_ratio,
-                    grad_accum=t.grad_accum, augment=exp.augment)
+                    grad_accum=t.grad_accum, augment=exp.augment, **hooks)
 
 
 def compile_step(exp, step_cfg, **jit_kwargs):

@@ -72,7 +72,9 @@ def read_config_dict(workdir: str) -> dict:
 
 # Model keys a workdir records from its weights (convert-edm's NCSN++ Fourier frequencies, a buffer
 # of the reference network) that config files leave out: a run on that workdir takes the record's.
-_RECORDED = ("fourier_freqs",)
+# EDM2's MPFourier buffers likewise (jaxdiff.convert.edm2.BUFFERS).
+_RECORDED = ("fourier_freqs", "emb_fourier_freqs", "emb_fourier_phases", "logvar_fourier_freqs",
+             "logvar_fourier_phases")
 
 
 def recorded_model_keys(workdir: str, model: dict) -> dict:

@@ -79,6 +79,7 @@ def train(exp, workdir: str) -> dict:
   else:
     log(f"jaxdiff train: resuming {workdir} from step {int(state.step)}")
   start = int(state.step)
+  on_step = families.of(exp).on_step  # a family's host-side work after each step, or None
 
   batch_sh = sharding_lib.batch_sharding(mesh)
   # The family compiles its step (one program, or one per multi-stage stage) for the mesh's layout.
@@ -117,6 +118,8 @@ def train(exp, workdir: str) -> dict:
         state, metrics = step_fn(state, batch)
         step += 1
         bar.update(1)
+        if on_step is not None:
+          on_step(exp, workdir, step, state)
         if step % t.log_every == 0 or step == t.steps:
           metrics = jax.device_get(metrics)
           loss = float(metrics["loss"])

@@ -1,12 +1,13 @@
 """The train-step skeleton: a family's loss, then one shared update tail. It never reads a config.
 
 `train_step(cfg, family_loss, state, batch)`:
-  1. the step key fold_in(rng, step); the batch's inputs (augmentation, one-hot labels);
+  1. the step key fold_in(rng, step); the optional `prepare_params` of the parameters the step
+     starts from; the batch's inputs (augmentation, one-hot labels);
   2. the family's loss for this step (`family_loss(...) -> StepParts`), averaged with its gradient
      over `grad_accum` micro-batches;
   3. `apply_update`, the tail every family shares: finite check, sanitize, optimizer update,
-     `optax.apply_updates`, an optional mask of the leaves the step may change, the EMAs,
-     `optax.global_norm`.
+     `optax.apply_updates`, an optional mask of the leaves the step may change, the EMAs (half-life
+     ones, or the StepConfig's EMA kind), `optax.global_norm`.
 The families (jaxdiff/families/) supply `family_loss` and compile the step.
 """
 
@@ -37,6 +38,12 @@ class StepConfig:
   ema_rampup_ratio: float | None
   grad_accum: int = 1          # micro-batches per step; gradients are averaged over them
   augment: Any = None          # data.augment.AugmentConfig, or None for no augmentation
+  # Optional family hooks (None: the plain behaviour, bit for bit).
+  prepare_params: Callable | None = None  # params -> params the step starts from (the gradient
+                                          #   is taken there and the update added to them)
+  sanitize: Callable | None = None        # grads -> grads (None: train.optim.sanitize_grads)
+  ema: Any = None              # an EMA kind: .update(emas tuple, params, step) -> tuple of EMAs
+                               #   (None: one half-life EMA per ema_halflife_images)
 
 
 class StepParts(NamedTuple):
@@ -98,17 +105,20 @@ def apply_update(cfg: StepConfig, state: TrainState, grads,
   step changes (multi-stage: the inactive decoders keep theirs). The EMAs follow all parameters.
   """
   finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-  grads = sanitize_grads(grads)
+  grads = (cfg.sanitize or sanitize_grads)(grads)
   updates, opt_state = cfg.optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   if keep is not None:
     params = keep(params, state.params)
     opt_state = keep(opt_state, state.opt_state)
-  emas = []
-  for halflife, ema in zip(halflives(cfg.ema_halflife_images), (state.ema,) + state.extra_emas):
-    beta = ema_lib.ema_beta(state.step * cfg.batch_size, cfg.batch_size, halflife,
-                            cfg.ema_rampup_ratio)
-    emas.append(ema_lib.ema_update(ema, params, beta))
+  if cfg.ema is not None:
+    emas = list(cfg.ema.update((state.ema,) + state.extra_emas, params, state.step))
+  else:
+    emas = []
+    for halflife, ema in zip(halflives(cfg.ema_halflife_images), (state.ema,) + state.extra_emas):
+      beta = ema_lib.ema_beta(state.step * cfg.batch_size, cfg.batch_size, halflife,
+                              cfg.ema_rampup_ratio)
+      emas.append(ema_lib.ema_update(ema, params, beta))
   new_state = state.replace(step=state.step + 1, params=params, ema=emas[0], opt_state=opt_state,
                             extra_emas=tuple(emas[1:]))
   return new_state, dict(grad_norm=optax.global_norm(grads), grads_finite=finite)
@@ -119,6 +129,9 @@ def train_step(cfg: StepConfig, family_loss: Callable, state: TrainState,
   """One optimizer step on `batch` with the loss `family_loss(cfg, state, key, images,
   class_labels, augment_labels) -> StepParts`."""
   key = jax.random.fold_in(state.rng, state.step)
+  if cfg.prepare_params is not None:
+    # e.g. EDM2's forced weight normalisation: the stored weights are replaced, then trained.
+    state = state.replace(params=cfg.prepare_params(state.params))
   images, class_labels, aug_labels = step_inputs(cfg, key, batch)
   parts = family_loss(cfg, state, key, images, class_labels, aug_labels)
   loss, grads = mean_value_and_grad(jax.value_and_grad(parts.loss_fn), state.params, parts.inputs,
