@@ -36,8 +36,10 @@ def get_config():
   c.loss.P_std = 1.2
 
   c.sampler = ml_collections.ConfigDict()
-  c.sampler.solver = "heun"
-  c.sampler.num_steps = 18
+  # iPNDM at 10 NFE matches Heun-35 on digits (FDD 0.664 / 0.657 vs 0.649 / 0.651 over two seeds
+  # of 1,000 samples; SVC 0.989 / 0.992 vs 0.987 / 0.987; docs/samplers.md) at 2/7 of the cost.
+  c.sampler.solver = "ipndm"
+  c.sampler.num_steps = 10
   c.sampler.sigma_min = 0.002
   c.sampler.sigma_max = 80.0
   c.sampler.rho = 7.0
