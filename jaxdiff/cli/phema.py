@@ -32,7 +32,7 @@ def check_out(out: str, workdir: str) -> None:
 
 
 def reconstruct_run(workdir: str, std: float, images: int | None = None,
-                    max_error: float | None = 0.1):
+                    max_error: float | None = 0.1, progress: bool = False):
   """(Experiment, graphdef, weights, summary dict) of the EMA of width `std` at `images` seen,
   from `workdir`'s snapshots. Raises JaxdiffError when there are none or the width is not
   representable (profile error above `max_error`)."""
@@ -49,7 +49,8 @@ def reconstruct_run(workdir: str, std: float, images: int | None = None,
   X = phema.solve_coefficients(in_ofs, in_std, out_images, std, max_error=max_error)
   err = float(phema.reconstruction_error(in_ofs, in_std, out_images, std, X)[0])
   graphdef, abstract = families.abstract_network(exp)
-  weights = phema_snapshots.reconstruct_files([paths[u] for u in use], X[:, 0], abstract)
+  weights = phema_snapshots.reconstruct_files([paths[u] for u in use], X[:, 0], abstract,
+                                                progress=progress)
   summary = dict(workdir=workdir, std=float(std), images=int(out_images), snapshots=len(use),
                  profile_error=err)
   return exp, graphdef, weights, summary
@@ -67,7 +68,8 @@ def run(args, extra):
   # Every check before anything is written: a bad --out, no snapshots, an unrepresentable std.
   check_out(args.out, args.workdir)
   cfg_dict = ckpt_lib.read_config_dict(args.workdir)
-  exp, _, weights, summary = reconstruct_run(args.workdir, args.std, args.images, args.max_error)
+  exp, _, weights, summary = reconstruct_run(args.workdir, args.std, args.images, args.max_error,
+                                             progress=True)
   weights = jax.tree.map(jnp.asarray, weights)
   ckpt_lib.ensure_writable(args.out)
   ckpt_lib.check_or_write_config(args.out, json.dumps(cfg_dict))

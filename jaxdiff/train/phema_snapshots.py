@@ -89,7 +89,7 @@ def read(path: str, like):
   return jax.tree.unflatten(treedef, [got[k].astype(l.dtype) for k, l in zip(keys, leaves)])
 
 
-def reconstruct_files(paths: Sequence[str], coefficients, like):
+def reconstruct_files(paths: Sequence[str], coefficients, like, progress: bool = False):
   """Σ_i coefficients[i] · snapshot_i for the snapshot files `paths` ([len(paths)] weights, one
   output), read one file at a time and accumulated in float64 (phema.reconstruct's sum, without
   holding every snapshot in memory). Returns a pytree shaped like `like`, in its dtypes."""
@@ -98,7 +98,11 @@ def reconstruct_files(paths: Sequence[str], coefficients, like):
     raise ValueError(f"{x.shape[0]} coefficients for {len(paths)} snapshots")
   leaves, treedef = jax.tree.flatten(like)
   acc = [np.zeros(l.shape, np.float64) for l in leaves]
-  for xi, path in zip(x, paths):
+  pairs = zip(x, paths)
+  if progress:
+    from jaxdiff.progress import bar
+    pairs = bar(pairs, total=len(paths), desc="phema", unit="snapshot")
+  for xi, path in pairs:
     for a, v in zip(acc, jax.tree.leaves(read(path, like))):
       a += xi * np.asarray(v, np.float64)
   return jax.tree.unflatten(treedef, [a.astype(l.dtype) for a, l in zip(acc, leaves)])
