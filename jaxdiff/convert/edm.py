@@ -27,6 +27,7 @@ from flax import nnx
 
 from jaxdiff.errors import JaxdiffError
 from jaxdiff.nets.layers import Conv2d, resample_kernel
+from jaxdiff.pytree import param_shapes
 
 # Buffers of the preconditioning wrappers that jaxdiff recomputes (iDDPMPrecond's sigma table).
 IGNORED_KEYS = ("u",)
@@ -92,14 +93,6 @@ def _from_reference(a: np.ndarray) -> np.ndarray:
   return a
 
 
-def _flat_params(net) -> dict[str, tuple]:
-  """'enc.32x32_conv.weight' -> jaxdiff shape, for every nnx.Param of `net` (abstract is fine)."""
-  out = {}
-  for path, var in nnx.to_flat_state(nnx.state(net, nnx.Param)):
-    out[".".join(str(p) for p in path)] = tuple(var.shape)
-  return out
-
-
 def _buffers(net) -> dict[str, np.ndarray]:
   """The reference's buffers that the jaxdiff network implies, in the reference's layout."""
   out = {}
@@ -136,7 +129,7 @@ def import_state_dict(net, state_dict: Mapping[str, np.ndarray]) -> nnx.State:
   prefix = _prefix(state_dict)
   names = {k[len(prefix):]: k for k in state_dict if k.startswith(prefix) and k not in IGNORED_KEYS}
   foreign = sorted(k for k in state_dict if not k.startswith(prefix) and k not in IGNORED_KEYS)
-  expected = _flat_params(net)
+  expected = param_shapes(net)
   buffers = _buffers(net)
 
   missing = sorted(prefix + n for n in list(expected) + list(buffers) if n not in names)

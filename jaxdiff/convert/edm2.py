@@ -27,6 +27,7 @@ from flax import nnx
 from jaxdiff.convert.edm import _from_reference, _to_reference, load_state_dict  # noqa: F401
 from jaxdiff.errors import JaxdiffError
 from jaxdiff.nets.edm2 import MPFourier
+from jaxdiff.pytree import param_shapes
 
 # state-dict buffer -> (config.model key, MPFourier attribute)
 BUFFERS = {
@@ -48,11 +49,6 @@ def config_updates(state_dict: Mapping[str, np.ndarray]) -> dict:
     if name in state_dict:
       out[key] = [float(v) for v in np.asarray(state_dict[name], np.float32).ravel()]
   return out
-
-
-def _flat_params(net) -> dict[str, tuple]:
-  return {".".join(str(p) for p in path): tuple(var.shape)
-          for path, var in nnx.to_flat_state(nnx.state(net, nnx.Param))}
 
 
 def _buffers(net) -> dict[str, np.ndarray]:
@@ -82,7 +78,7 @@ def import_state_dict(net, state_dict: Mapping[str, np.ndarray]) -> nnx.State:
 
   Raises JaxdiffError naming missing, unexpected and mis-shaped keys, and MPFourier buffers that
   differ from the network's constants (build it with `config_updates(state_dict)` applied)."""
-  expected = _flat_params(net)
+  expected = param_shapes(net)
   buffers = _buffers(net)
   missing = sorted(n for n in list(expected) + list(buffers) if n not in state_dict)
   unexpected = sorted(k for k in state_dict if k not in expected and k not in buffers)

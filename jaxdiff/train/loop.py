@@ -17,6 +17,7 @@ import numpy as np
 
 from jaxdiff import families
 from jaxdiff.errors import JaxdiffError
+from jaxdiff.fileio import atomic_write_text
 from jaxdiff.images import save_grid
 from jaxdiff.model import Model
 from jaxdiff.train import checkpoint as ckpt_lib
@@ -157,6 +158,5 @@ def train(exp, workdir: str) -> dict:
   log(f"jaxdiff train: {step - start} steps in {elapsed:.1f} s "
       f"({summary['images_per_s']} img/s); workdir {workdir}")
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "train_summary.json"), "w") as f:
-      json.dump(summary, f)
+    atomic_write_text(os.path.join(workdir, "train_summary.json"), json.dumps(summary))
   return summary
