@@ -27,7 +27,7 @@ from flax import nnx
 
 from jaxdiff.errors import JaxdiffError
 from jaxdiff.nets.layers import Conv2d, resample_kernel
-from jaxdiff.pytree import param_shapes
+from jaxdiff.pytree import param_shapes, unflatten
 
 # Buffers of the preconditioning wrappers that jaxdiff recomputes (iDDPMPrecond's sigma table).
 IGNORED_KEYS = ("u",)
@@ -150,6 +150,13 @@ def import_state_dict(net, state_dict: Mapping[str, np.ndarray]) -> nnx.State:
       elif not np.array_equal(got, value):
         wrong.append(names[n])
 
+  check_fit("network", "model.arch / model.* / data.num_classes / model.augment_dim", missing,
+            unexpected, misshaped, wrong)
+  return params_from(net, {n: state_dict[names[n]] for n in expected})
+
+
+def check_fit(what: str, hint: str, missing, unexpected, misshaped, wrong) -> None:
+  """One JaxdiffError line listing what of a state dict does not fit the config's `what`."""
   problems = []
   for label, items in (("missing", missing), ("unexpected", unexpected),
                        ("mis-shaped", misshaped), ("differing from the config", wrong)):
@@ -157,16 +164,14 @@ def import_state_dict(net, state_dict: Mapping[str, np.ndarray]) -> nnx.State:
       shown = ", ".join(items[:4]) + (f", ... ({len(items)} in all)" if len(items) > 4 else "")
       problems.append(f"{label}: {shown}")
   if problems:
-    raise JaxdiffError("the state dict does not fit the config's network (" + "; ".join(problems)
-                       + "); check model.arch / model.* / data.num_classes / model.augment_dim")
+    raise JaxdiffError(f"the state dict does not fit the config's {what} (" + "; ".join(problems)
+                       + f"); check {hint}")
 
-  params = jax.tree.map(lambda x: x, nnx.state(net, nnx.Param))  # a copy: `net` stays untouched
-  pure = {}
-  for n, shape in expected.items():
-    node = pure
-    *parents, leaf = n.split(".")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = np.ascontiguousarray(_from_reference(np.asarray(state_dict[names[n]], np.float32)))
+
+def params_from(net, arrays: Mapping[str, np.ndarray]) -> nnx.State:
+  """A copy of `net`'s parameters (`net` stays untouched) with {dotted name: reference array}."""
+  params = jax.tree.map(lambda x: x, nnx.state(net, nnx.Param))
+  pure = unflatten({n: np.ascontiguousarray(_from_reference(np.asarray(a, np.float32)))
+                    for n, a in arrays.items()}, sep=".")
   nnx.replace_by_pure_dict(params, pure)
   return params

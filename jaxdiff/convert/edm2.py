@@ -20,12 +20,11 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import jax
 import numpy as np
 from flax import nnx
 
-from jaxdiff.convert.edm import _from_reference, _to_reference, load_state_dict  # noqa: F401
-from jaxdiff.errors import JaxdiffError
+from jaxdiff.convert.edm import (_to_reference, check_fit, load_state_dict,  # noqa: F401
+                                 params_from)
 from jaxdiff.nets.edm2 import MPFourier
 from jaxdiff.pytree import param_shapes
 
@@ -96,24 +95,6 @@ def import_state_dict(net, state_dict: Mapping[str, np.ndarray]) -> nnx.State:
         misshaped.append(f"{n} {list(got.shape)} (config wants {list(value.shape)})")
       elif not np.array_equal(got, value):
         wrong.append(n)
-  problems = []
-  for label, items in (("missing", missing), ("unexpected", unexpected),
-                       ("mis-shaped", misshaped), ("differing from the config", wrong)):
-    if items:
-      shown = ", ".join(items[:4]) + (f", ... ({len(items)} in all)" if len(items) > 4 else "")
-      problems.append(f"{label}: {shown}")
-  if problems:
-    raise JaxdiffError("the state dict does not fit the config's EDM2 network (" + "; ".join(problems)
-                       + "); check model.model_channels / channel_mult / num_blocks / "
-                       "attn_resolutions / data.num_classes / data.channels")
-
-  params = jax.tree.map(lambda x: x, nnx.state(net, nnx.Param))  # a copy: `net` stays untouched
-  pure = {}
-  for n in expected:
-    node = pure
-    *parents, leaf = n.split(".")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = np.ascontiguousarray(_from_reference(np.asarray(state_dict[n], np.float32)))
-  nnx.replace_by_pure_dict(params, pure)
-  return params
+  check_fit("EDM2 network", "model.model_channels / channel_mult / num_blocks / attn_resolutions / "
+            "data.num_classes / data.channels", missing, unexpected, misshaped, wrong)
+  return params_from(net, {n: state_dict[n] for n in expected})
