@@ -132,10 +132,11 @@ def _flat_params(model) -> dict[str, np.ndarray]:
 
 def _from_flat(flat: dict) -> DigitsClassifier:
   graphdef, params = nnx.split(nnx.eval_shape(lambda: DigitsClassifier(rngs=nnx.Rngs(0))), nnx.Param)
-  for key, want in flatten(nnx.to_pure_dict(params)).items():
+  wanted = flatten(nnx.to_pure_dict(params))
+  for key, want in wanted.items():
     if flat[key].shape != want.shape:
       raise ValueError(f"{key}: shape {flat[key].shape} != {want.shape}")
-  nnx.replace_by_pure_dict(params, unflatten({k: jnp.asarray(v) for k, v in flat.items()}))
+  nnx.replace_by_pure_dict(params, unflatten({k: jnp.asarray(flat[k]) for k in wanted}))
   return nnx.merge(graphdef, params)
 
 
