@@ -54,6 +54,19 @@ def threading_main() -> bool:
   return threading.current_thread() is threading.main_thread()
 
 
+def _resume_or_start(exp, workdir, mngr, abstract, state_sh, optimizer):
+  """(state, checkpoint meta) of the newest readable checkpoint laid out as `state_sh`, or a fresh
+  state (seed training.seed) and None."""
+  state, meta = ckpt_lib.restore(mngr, sharding_lib.with_sharding(abstract, state_sh),
+                                 quarantine=jax.process_index() == 0)
+  if state is not None:
+    log(f"jaxdiff train: resuming {workdir} from step {int(state.step)}")
+    return state, meta
+  _, params = families.make_network(exp, seed=exp.training.seed)
+  log(f"jaxdiff train: starting {workdir} from step 0")
+  return jax.device_put(families.train_state(exp, params, optimizer), state_sh), None
+
+
 def train(exp, workdir: str) -> dict:
   """Trains the Experiment `exp` in `workdir` (whose config.json the caller has recorded: see
   build.run_training), resuming from its latest checkpoint. Returns a summary dict."""
@@ -70,15 +83,7 @@ def train(exp, workdir: str) -> dict:
   step_cfg = families.step_config(exp, graphdef, optimizer)
   mngr = ckpt_lib.manager(workdir, keep=t.keep_checkpoints)
   state_sh = sharding_lib.state_sharding(abstract, mesh, fsdp=t.fsdp)
-  state, meta = ckpt_lib.restore(mngr, sharding_lib.with_sharding(abstract, state_sh),
-                                 quarantine=jax.process_index() == 0)
-  if state is None:
-    _, params = families.make_network(exp, seed=t.seed)
-    state = jax.device_put(families.train_state(exp, params, optimizer), state_sh)
-    del params
-    log(f"jaxdiff train: starting {workdir} from step 0")
-  else:
-    log(f"jaxdiff train: resuming {workdir} from step {int(state.step)}")
+  state, meta = _resume_or_start(exp, workdir, mngr, abstract, state_sh, optimizer)
   start = int(state.step)
 
   batch_sh = sharding_lib.batch_sharding(mesh)
