@@ -168,26 +168,9 @@ def workdir_experiment(workdir: str) -> specs.Experiment:
 # Things built from a config (for callers that hold one: the CLI and tests); the library builds
 # them from specs, through the family registry.
 
-def make_network(cfg, seed: int = 0):
-  """The network with fresh parameters, split into (graphdef, params)."""
-  return families.make_network(experiment(cfg), seed)
-
-
 def abstract_network(cfg):
   """(graphdef, params as ShapeDtypeStructs) without allocating or initialising any weights."""
   return families.abstract_network(experiment(cfg))
-
-
-def make_optimizer(cfg):
-  return families.make_optimizer(experiment(cfg))
-
-
-def make_step_config(cfg, graphdef, optimizer):
-  return families.step_config(experiment(cfg), graphdef, optimizer)
-
-
-def sampler_kwargs(cfg, solver: str | None = None, num_steps: int | None = None) -> dict:
-  return sampling_spec(cfg).kwargs(solver, num_steps)
 
 
 def make_source(cfg):

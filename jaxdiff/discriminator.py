@@ -29,18 +29,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff import precond
 from jaxdiff.errors import JaxdiffError
 
-_VP_BETA_MIN, _VP_BETA_D = 0.1, 19.9  # the reference's vpsde: β(t) = β_min + β_d·t
 
 
 def vp_sigma(t):
-  """σ of the reference's VP SDE at time t, as an EDM noise level: sqrt(exp(∫₀ᵗ β) − 1)."""
-  t = np.asarray(t, np.float64)
-  return np.sqrt(np.expm1(0.5 * _VP_BETA_D * t**2 + _VP_BETA_MIN * t))
+  """σ of the reference's VP SDE (precond.VP_BETA_*) at time t, as an EDM noise level:
+  sqrt(exp(∫₀ᵗ β) − 1), in float64."""
+  return precond.vp_sigma(np.asarray(t, np.float64))
 
 
-REF_SIGMA_MIN = float(vp_sigma(1e-5))  # 0.0010005
+REF_SIGMA_MIN = float(vp_sigma(precond.VP_EPSILON_T))  # 0.0010005
 REF_SIGMA_MAX = float(vp_sigma(1.0))  # 152.17
 
 
@@ -149,13 +149,14 @@ def load_samples(path: str, resolution: int, channels: int, num_classes: int):
   return x, (None if labels is None or not num_classes else labels.astype(np.int32))
 
 
-def check_compatible(disc_cfg, model_cfg):
-  """A discriminator guides only models of its data shape and label count (one-line error)."""
-  def key(c):
-    return (int(c.data.resolution), int(c.data.channels), int(c.data.num_classes))
-  if key(disc_cfg) != key(model_cfg):
-    r, ch, n = key(disc_cfg)
-    r2, ch2, n2 = key(model_cfg)
+def check_compatible(disc_data, model_data):
+  """A discriminator guides only models of its data shape and label count (one-line error).
+  Both are DataSpecs (`Experiment.data`)."""
+  def key(d):
+    return (int(d.resolution), int(d.channels), int(d.num_classes))
+  if key(disc_data) != key(model_data):
+    r, ch, n = key(disc_data)
+    r2, ch2, n2 = key(model_data)
     raise JaxdiffError(f"the discriminator was trained on {r}x{r}x{ch} images with {n} classes, "
                        f"the model makes {r2}x{r2}x{ch2} with {n2}; train a discriminator "
                        "against this model")

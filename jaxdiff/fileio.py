@@ -37,9 +37,11 @@ def atomic_write(path: str, write: Callable) -> None:
   """write(binary file) fills a temporary file beside `path`, which then replaces `path`.
 
   A crash or an error mid-write leaves `path` as it was (absent or the previous file), and the
-  temporary file is removed.
+  temporary file is removed. Missing folders above `path` are made. The one atomic write: every
+  output file (samples, grids, statistics, config.json, summaries) goes through it.
   """
   folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
   try:
     with os.fdopen(fd, "wb") as f:
@@ -50,6 +52,16 @@ def atomic_write(path: str, write: Callable) -> None:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def atomic_savez(path: str, **arrays) -> None:
+  """np.savez(path, **arrays) through `atomic_write`: readers never see half a file."""
+  import numpy as np
+  atomic_write(os.fspath(path), lambda f: np.savez(f, **arrays))
+
+
+def atomic_write_text(path: str, text: str) -> None:
+  atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _umask() -> int:

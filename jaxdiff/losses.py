@@ -10,8 +10,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from jaxdiff.errors import JaxdiffError
-from jaxdiff.precond import vp_sigma
+from jaxdiff.registry import make_named
+from jaxdiff.precond import VP_BETA_D, VP_BETA_MIN, VP_EPSILON_T, vp_sigma
 
 _F32 = jnp.float32
 
@@ -56,9 +56,9 @@ class EDMLoss:
 @dataclasses.dataclass(frozen=True)
 class VPLoss:
   """t ~ U(ε_t, 1), σ = σ_VP(t); λ(σ) = 1/σ²."""
-  beta_d: float = 19.9
-  beta_min: float = 0.1
-  epsilon_t: float = 1e-5
+  beta_d: float = VP_BETA_D
+  beta_min: float = VP_BETA_MIN
+  epsilon_t: float = VP_EPSILON_T
 
   def sample_sigma(self, key, shape):
     t = jax.random.uniform(key, shape, _F32, minval=self.epsilon_t, maxval=1.0)
@@ -91,14 +91,7 @@ LOSSES = {"edm": EDMLoss, "vp": VPLoss, "ve": VELoss, "edm2": EDM2Loss}
 
 def make_loss(name: str, **kw):
   """The loss called `name` (edm / vp / ve / edm2) with keyword constants `kw`."""
-  if name not in LOSSES:
-    raise JaxdiffError(f"unknown loss.name {name!r}; choose one of {sorted(LOSSES)}")
-  cls = LOSSES[name]
-  fields = {f.name for f in dataclasses.fields(cls)}
-  bad = sorted(set(kw) - fields)
-  if bad:
-    raise JaxdiffError(f"loss {name!r} has no option(s) {bad}; its options are {sorted(fields)}")
-  return cls(**kw)
+  return make_named(LOSSES, "loss", name, kw)
 
 
 def denoising_loss(loss, denoise_fn, key, y, sigma=None, **cond):

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.errors import JaxdiffError
+from jaxdiff.registry import make_named
 
 _F32 = jnp.float32
 
@@ -26,13 +26,18 @@ def _f32(sigma):
 
 
 # ---------------------------------------------------------------- VP noise level schedule helpers
-def vp_sigma(t, beta_d=19.9, beta_min=0.1):
+# The reference's VP SDE constants, β(t) = β_min + β_d·t on t ∈ [ε_t, 1]: the one definition (the VP
+# loss, schedules and discriminator guidance take theirs from here).
+VP_BETA_D, VP_BETA_MIN, VP_EPSILON_T = 19.9, 0.1, 1e-5
+
+
+def vp_sigma(t, beta_d=VP_BETA_D, beta_min=VP_BETA_MIN):
   """σ(t) = √(exp(½β_d t² + β_min t) − 1) of the VP SDE (works on numpy or jax arrays)."""
   xp = jnp if isinstance(t, jax.Array) else np
   return xp.sqrt(xp.expm1(0.5 * beta_d * t**2 + beta_min * t))
 
 
-def vp_sigma_inv(sigma, beta_d=19.9, beta_min=0.1):
+def vp_sigma_inv(sigma, beta_d=VP_BETA_D, beta_min=VP_BETA_MIN):
   """t(σ), the inverse of `vp_sigma`: solves ½β_d t² + β_min t = ln(1 + σ²) for t ≥ 0."""
   xp = jnp if isinstance(sigma, jax.Array) else np
   return (xp.sqrt(beta_min**2 + 2 * beta_d * xp.log1p(sigma**2)) - beta_min) / beta_d
@@ -85,10 +90,10 @@ class EDMPrecond:
 @dataclasses.dataclass(frozen=True)
 class VPPrecond:
   """VP (DDPM++): c_skip = 1, c_out = −σ, c_in = 1/√(σ²+1), c_noise = (M−1)·t(σ)."""
-  beta_d: float = 19.9
-  beta_min: float = 0.1
+  beta_d: float = VP_BETA_D
+  beta_min: float = VP_BETA_MIN
   M: int = 1000
-  epsilon_t: float = 1e-5
+  epsilon_t: float = VP_EPSILON_T
 
   out_channels_factor = 1
 
@@ -189,14 +194,7 @@ PRECONDS = {"edm": EDMPrecond, "vp": VPPrecond, "ve": VEPrecond, "iddpm": IDDPMP
 
 def make_precond(name: str, **kw):
   """The preconditioning called `name` (edm / vp / ve / iddpm) with keyword constants `kw`."""
-  if name not in PRECONDS:
-    raise JaxdiffError(f"unknown precond.name {name!r}; choose one of {sorted(PRECONDS)}")
-  cls = PRECONDS[name]
-  fields = {f.name for f in dataclasses.fields(cls)}
-  bad = sorted(set(kw) - fields)
-  if bad:
-    raise JaxdiffError(f"precond {name!r} has no option(s) {bad}; its options are {sorted(fields)}")
-  return cls(**kw)
+  return make_named(PRECONDS, "precond", name, kw)
 
 
 def denoise(precond, net_fn, x, sigma, **cond):

@@ -12,21 +12,21 @@ import dataclasses
 import numpy as np
 
 from jaxdiff.errors import JaxdiffError
-from jaxdiff.precond import iddpm_sigma_table, vp_sigma, vp_sigma_inv
+from jaxdiff.precond import VP_BETA_D, VP_BETA_MIN, iddpm_sigma_table, vp_sigma, vp_sigma_inv
 
 DISCRETIZATIONS = ("edm", "vp", "ve", "iddpm")
 SCHEDULES = ("linear", "vp", "ve")
 SCALINGS = ("none", "vp")
 
-# Reference VP SDE constants; the VP discretization/schedule re-derive β so σ(ε_s)=σ_min, σ(1)=σ_max.
-_VP_BETA_D, _VP_BETA_MIN = 19.9, 0.1
+# The VP discretization/schedule re-derive β from the reference constants (precond.VP_BETA_*) so
+# σ(ε_s) = σ_min and σ(1) = σ_max.
 
 
 def default_sigma_range(discretization: str, epsilon_s: float = 1e-3) -> tuple[float, float]:
   """(σ_min, σ_max) the reference uses for each discretization."""
   if discretization == "vp":
-    return (float(vp_sigma(epsilon_s, _VP_BETA_D, _VP_BETA_MIN)),
-            float(vp_sigma(1.0, _VP_BETA_D, _VP_BETA_MIN)))
+    return (float(vp_sigma(epsilon_s)),
+            float(vp_sigma(1.0)))
   return {"ve": (0.02, 100.0), "iddpm": (0.002, 81.0), "edm": (0.002, 80.0)}[discretization]
 
 
@@ -70,8 +70,8 @@ def sigma_steps(discretization: str, num_steps: int, sigma_min: float, sigma_max
 class TimeSchedule:
   """σ(t), σ'(t), σ⁻¹ for schedule 'linear' (σ = t), 've' (σ = √t) or 'vp' (with β_d, β_min)."""
   name: str = "linear"
-  beta_d: float = _VP_BETA_D
-  beta_min: float = _VP_BETA_MIN
+  beta_d: float = VP_BETA_D
+  beta_min: float = VP_BETA_MIN
 
   def sigma(self, t):
     if self.name == "vp":

@@ -202,8 +202,8 @@ def save_schedule(path: str, sigmas, info: dict | None = None):
   sig = check_sigmas(sigmas)
   rec = dict(info or {})
   rec.update(sigmas=[float(v) for v in sig], num_steps=int(sig.size - 1))
-  with open(path, "w") as f:
-    json.dump(rec, f, indent=1)
+  from jaxdiff.fileio import atomic_write_text
+  atomic_write_text(path, json.dumps(rec, indent=1))
 
 
 def load_schedule(path: str, num_steps: int | None = None) -> tuple[np.ndarray, dict]:

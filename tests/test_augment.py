@@ -133,16 +133,16 @@ def test_make_augment_checks_config():
 
 def test_train_step_with_augmentation():
   from jaxdiff import build
-  from jaxdiff.build import make_step_config
+  from jaxdiff import families
   from jaxdiff.train.state import init_state
-  from jaxdiff.families.plain import make_train_step
   cfg = load_config(DIGITS, TINY + ["--config.data.augment_p=0.5", "--config.model.augment_dim=9"])
-  graphdef, params = build.make_network(cfg)
+  exp = build.experiment(cfg)
+  graphdef, params = families.make_network(exp)
   assert params["map_augment"]["kernel"].value.shape[0] == 9
-  sc = make_step_config(cfg, graphdef, build.make_optimizer(cfg))
+  sc = families.step_config(exp, graphdef, families.make_optimizer(exp))
   state = init_state(params, sc.optimizer, 0)
   images, labels = build.make_source(cfg).get(np.arange(16))
-  state, metrics = make_train_step(sc)(state, {"image": images, "label": labels})
+  state, metrics = families.compile_step(exp, sc, donate_argnums=0)(state, {"image": images, "label": labels})
   assert np.isfinite(float(metrics["loss"])) and bool(metrics["grads_finite"])
   # The augmentation labels reach the network: its augment mapping receives a gradient.
   assert float(metrics["grad_norm"]) > 0

@@ -29,9 +29,9 @@ def test_key_no_choice_takes_is_refused():
 
 
 def test_sampler_range_is_clipped_to_the_precond():
-  edm = build.sampler_kwargs(load_config(DIGITS))
+  edm = build.experiment(load_config(DIGITS)).sampling.kwargs()
   assert (edm["sigma_min"], edm["sigma_max"]) == (0.002, 80.0)
-  ve = build.sampler_kwargs(load_config(DIGITS, ["--config.precond.name=ve"]))
+  ve = build.experiment(load_config(DIGITS, ["--config.precond.name=ve"])).sampling.kwargs()
   assert ve["sigma_min"] == 0.02  # VE's network never saw σ below 0.02
-  iddpm = build.sampler_kwargs(load_config(DIGITS, ["--config.precond.name=iddpm"]))
+  iddpm = build.experiment(load_config(DIGITS, ["--config.precond.name=iddpm"])).sampling.kwargs()
   assert iddpm["sigma_min"] == pytest.approx(float(precond.IDDPMPrecond().sigma_min))

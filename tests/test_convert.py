@@ -173,12 +173,12 @@ def test_convert_cli_writes_a_checkpoint_that_load_uses(tmp_path):
   overrides = ["--config.model.model_channels=16", "--config.model.channel_mult=(1,2)",
                "--config.model.num_blocks=1", "--config.model.attn_resolutions=(4,)",
                "--config.data.resolution=8", "--config.data.num_classes=10"]
-  from jaxdiff import build
+  from jaxdiff import build, families
   from jaxdiff.config import load_config
   cfg = load_config("configs/cifar10_ncsnpp.py", overrides)
   with cfg.unlocked():
     cfg.model.fourier_seed = 3  # the file's frequencies differ from the config's seed
-  graphdef, params = build.make_network(cfg, seed=1)
+  graphdef, params = families.make_network(build.experiment(cfg), seed=1)
   sd = _random_state_dict(nnx.merge(graphdef, params), seed=4)
   np.savez(tmp_path / "edm.npz", **sd)
   workdir = str(tmp_path / "run")

@@ -87,7 +87,7 @@ def test_convert_cli_round_trip_for_an_edm2_config(tmp_path, capsys):
   import json
   import os
 
-  from jaxdiff import build, load
+  from jaxdiff import build, families, load
   from jaxdiff.cli import main
   from jaxdiff.config import load_config, to_json
   from jaxdiff.train import checkpoint as ckpt_lib
@@ -95,7 +95,8 @@ def test_convert_cli_round_trip_for_an_edm2_config(tmp_path, capsys):
   overrides = ["--config.model.model_channels=8", "--config.model.channel_mult=(1,2)",
                "--config.model.num_blocks=1", "--config.model.attn_resolutions=(4,)",
                "--config.model.channels_per_head=8", "--config.model.logvar_channels=4"]
-  graphdef, params = build.make_network(load_config(config, overrides), seed=1)
+  graphdef, params = families.make_network(build.experiment(load_config(config, overrides)),
+                                           seed=1)
   sd = _random_state_dict(nnx.merge(graphdef, params), seed=5)
   np.savez(tmp_path / "edm2.npz", **sd)
   workdir = str(tmp_path / "run")

@@ -163,12 +163,13 @@ def test_samples_file_checks(tmp_path):
 
 
 def test_compatibility_check():
-  disc = load_config(CFG)
-  model = load_config("configs/digits.py")
+  data = lambda path, *o: build.data_spec(load_config(path, list(o)))  # noqa: E731
+  disc = data(CFG)
+  model = data("configs/digits.py")
   check_compatible(disc, model)  # same data: fine
-  other = load_config("configs/digits.py", ["--config.data.num_classes=0"])
+  other = data("configs/digits.py", "--config.data.num_classes=0")
   with pytest.raises(JaxdiffError, match="10 classes") as e:
     check_compatible(disc, other)
   assert "\n" not in str(e.value)
   with pytest.raises(JaxdiffError, match="16x16"):
-    check_compatible(disc, load_config("configs/digits.py", ["--config.data.resolution=16"]))
+    check_compatible(disc, data("configs/digits.py", "--config.data.resolution=16"))

@@ -79,8 +79,9 @@ def test_eval_inception_metrics_random_weights(tmp_path, capsys):
   # The whole Inception path with random weights (values meaningless; minutes on a small CPU).
   from flax import nnx
   from jaxdiff.eval import inception as inc
+  from jaxdiff.pytree import flatten
   net = inc.random_inception(0)
-  weights = {k: np.asarray(v) for k, v in inc._flatten(nnx.to_pure_dict(nnx.state(net))).items()}
+  weights = {k: np.asarray(v) for k, v in flatten(nnx.to_pure_dict(nnx.state(net))).items()}
   wpath = tmp_path / "w.npz"
   np.savez(wpath, **weights)
   rng = np.random.default_rng(0)

@@ -74,14 +74,14 @@ def test_load_reads_only_weights_without_an_optimizer(workdir, monkeypatch):
   """restore_weights is a partial restore: no optimizer is built, no Adam moment is read, and the
   weights equal those of a full TrainState restore."""
   import orbax.checkpoint as ocp
-  from jaxdiff import build
+  from jaxdiff import build, families
   from jaxdiff.config import from_json
   from jaxdiff.train import checkpoint as ckpt_lib
   from jaxdiff.train.state import halflives, init_state
   cfg = from_json(__import__("json").dumps(ckpt_lib.read_config_dict(workdir)))
   _, abstract_params = build.abstract_network(cfg)
   mngr = ckpt_lib.manager(workdir, async_save=False)
-  abstract = jax.eval_shape(lambda p: init_state(p, build.make_optimizer(cfg), 0, len(
+  abstract = jax.eval_shape(lambda p: init_state(p, families.make_optimizer(build.experiment(cfg)), 0, len(
       halflives(cfg.training.ema_halflife_images))), abstract_params)
   full, _ = ckpt_lib.restore(mngr, abstract)
   mngr.close()
@@ -94,7 +94,8 @@ def test_load_reads_only_weights_without_an_optimizer(workdir, monkeypatch):
     return real(self, step, args=args, **kw)
   monkeypatch.setattr(ocp.CheckpointManager, "restore", spy)
   from jaxdiff import families
-  monkeypatch.setattr(build, "make_optimizer", lambda cfg: 1 / 0)
+  from jaxdiff.train import optim
+  monkeypatch.setattr(optim, "adam", lambda *a, **k: 1 / 0)  # what the plain family builds
   monkeypatch.setattr(families, "make_optimizer", lambda exp: 1 / 0)
   ema, raw = jaxdiff.load(workdir), jaxdiff.load(workdir, ema=False)
   chex.assert_trees_all_equal(ema.params, full.ema)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxdiff import build
+from jaxdiff import build, families
 from jaxdiff.config import load_config
 from jaxdiff.train import checkpoint
 
@@ -33,7 +33,7 @@ def _loss_and_grad(arch: str, remat: bool):
   cfg = load_config(*SMALL[arch])
   with cfg.unlocked():
     cfg.model.remat = remat
-  graphdef, params = build.make_network(cfg, seed=3)
+  graphdef, params = families.make_network(build.experiment(cfg), seed=3)
   # Zero-initialised output layers would make every gradient below them vanish: perturb all.
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(1), len(leaves))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import DIGITS, TINY
-from jaxdiff import build
+from jaxdiff import build, families
 from jaxdiff.config import load_config
 from jaxdiff.errors import JaxdiffError
 from jaxdiff.train import checkpoint as ckpt_lib
@@ -15,6 +15,12 @@ from jaxdiff.train.ema import ema_beta, ema_update
 from jaxdiff.build import run_training as train
 from jaxdiff.train.optim import lr_schedule, sanitize_grads
 from jaxdiff.train.state import init_state
+
+
+def compile_plain(sc):
+  """The plain family's step as `jaxdiff train` compiles it (buffers donated)."""
+  from jaxdiff.families.plain import denoising_loss
+  return families.default_compile_step(denoising_loss, sc, donate_argnums=0)
 
 
 def test_ema_beta_matches_reference_formula():
@@ -48,11 +54,10 @@ def test_sanitize_grads():
 
 
 def test_train_step_reduces_loss_on_fixed_batch(tiny_cfg):
-  from jaxdiff.families.plain import make_train_step
   from jaxdiff.train.step import StepConfig
   cfg = tiny_cfg
-  graphdef, params = build.make_network(cfg)
-  optimizer = build.make_optimizer(cfg)
+  graphdef, params = families.make_network(build.experiment(cfg))
+  optimizer = families.make_optimizer(build.experiment(cfg))
   sc = StepConfig(graphdef, build.make_precond(cfg), build.make_loss(cfg), optimizer, 10, 16,
                   cfg.training.ema_halflife_images, cfg.training.ema_rampup_ratio)
   # A constant lr (no ramp-up) so a few steps visibly fit one batch.
@@ -62,7 +67,7 @@ def test_train_step_reduces_loss_on_fixed_batch(tiny_cfg):
   src = build.make_source(cfg)
   images, labels = src.get(np.arange(16))
   batch = {"image": images, "label": labels}
-  step = make_train_step(sc)
+  step = compile_plain(sc)
 
   from jaxdiff import losses
   from jaxdiff.denoiser import make_denoiser
@@ -85,7 +90,7 @@ def test_train_step_reduces_loss_on_fixed_batch(tiny_cfg):
 
 def _params_of(workdir, cfg):
   graphdef, params = build.abstract_network(cfg)
-  abstract = jax.eval_shape(lambda p: init_state(p, build.make_optimizer(cfg), 0), params)
+  abstract = jax.eval_shape(lambda p: init_state(p, families.make_optimizer(build.experiment(cfg)), 0), params)
   mngr = ckpt_lib.manager(workdir, async_save=False)
   state, meta = ckpt_lib.restore(mngr, abstract)
   mngr.close()
@@ -93,8 +98,8 @@ def _params_of(workdir, cfg):
 
 
 def test_checkpoint_round_trip(tmp_path, tiny_cfg):
-  graphdef, params = build.make_network(tiny_cfg)
-  state = init_state(params, build.make_optimizer(tiny_cfg), 7)
+  graphdef, params = families.make_network(build.experiment(tiny_cfg))
+  state = init_state(params, families.make_optimizer(build.experiment(tiny_cfg)), 7)
   state = state.replace(step=jnp.int32(3))
   mngr = ckpt_lib.manager(str(tmp_path), async_save=False)
   ckpt_lib.save(mngr, 3, state, {"step": 3})
@@ -138,7 +143,7 @@ def _sgd_step_cfg(cfg, **kw):
   """A StepConfig whose optimizer is plain SGD with lr 1: params_new = params − grads."""
   import optax
   from jaxdiff.train.step import StepConfig
-  graphdef, params = build.make_network(cfg)
+  graphdef, params = families.make_network(build.experiment(cfg))
   sc = StepConfig(graphdef, build.make_precond(cfg), build.make_loss(cfg), optax.sgd(1.0), 10, 16,
                   cfg.training.ema_halflife_images, None, **kw)
   return sc, params
@@ -147,13 +152,12 @@ def _sgd_step_cfg(cfg, **kw):
 def test_grad_accum_and_several_emas(tiny_cfg):
   from jaxdiff import losses
   from jaxdiff.denoiser import make_denoiser
-  from jaxdiff.families.plain import make_train_step
   halflives = (1000.0, 40.0)
   sc, params = _sgd_step_cfg(tiny_cfg, grad_accum=2)
   sc = sc.__class__(**{**sc.__dict__, "ema_halflife_images": halflives})
   state = init_state(params, sc.optimizer, 5, num_emas=2)
   images, labels = build.make_source(tiny_cfg).get(np.arange(16))
-  step = make_train_step(sc)
+  step = compile_plain(sc)
   p0 = jax.device_get(state.params)
   state1, m1 = step(state, {"image": images, "label": labels})
   p1 = jax.device_get(state1.params)
@@ -195,7 +199,6 @@ def test_grad_accum_and_several_emas(tiny_cfg):
 def test_bf16_compute_keeps_fp32_islands(tiny_cfg):
   from jaxdiff import losses
   from jaxdiff.denoiser import make_denoiser, net_apply
-  from jaxdiff.families.plain import make_train_step
   bf_cfg = load_config(DIGITS, TINY + ["--config.model.dtype=bfloat16"])
   sc32, p32 = _sgd_step_cfg(tiny_cfg)
   sc16, p16 = _sgd_step_cfg(bf_cfg)
@@ -215,7 +218,7 @@ def test_bf16_compute_keeps_fp32_islands(tiny_cfg):
   chex.assert_type([l32, l16], jnp.float32)              # loss weights and loss in fp32
   np.testing.assert_allclose(np.mean(l16), np.mean(l32), rtol=0.05)
   state = init_state(p16, sc16.optimizer, 0)
-  state, metrics = make_train_step(sc16)(state, {"image": images, "label": labels})
+  state, metrics = compile_plain(sc16)(state, {"image": images, "label": labels})
   chex.assert_type(metrics["loss"], jnp.float32)
   for tree in (state.params, state.ema):
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(tree))
@@ -226,10 +229,10 @@ def test_classifier_free_guidance_matches_manual(tiny_cfg):
   from jaxdiff import sampling
   from jaxdiff.model import make_sample_fn, sample_keys
   from jaxdiff.denoiser import make_denoiser
-  graphdef, params = build.make_network(tiny_cfg)
+  graphdef, params = families.make_network(build.experiment(tiny_cfg))
   params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(3), x.shape),
                         params)
-  kwargs = dict(build.sampler_kwargs(tiny_cfg, solver="euler", num_steps=2))
+  kwargs = dict(build.experiment(tiny_cfg).sampling.kwargs(solver="euler", num_steps=2))
   precond = build.make_precond(tiny_cfg)
   keys, labels = sample_keys(0, 0, 4), jnp.array([0, 3, 5, 9], jnp.int32)
   w = 2.5

@@ -135,9 +135,8 @@ def run(args, extra):
     arrays = dict(images_a=images_a, images_b=images_b, similarity=result.similarity)
     if labels is not None:
       arrays["labels"] = labels.astype(np.int32)
-    tmp = args.out[:-4] + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, args.out)
+    from jaxdiff.fileio import atomic_savez
+    atomic_savez(args.out, **arrays)
 
   report = {"workdirs": list(args.workdir), "num": args.num, "seed": args.seed,
             "solver": [set_a[0], set_b[0]], "steps": [set_a[1], set_b[1]],

@@ -75,7 +75,7 @@ def _sample_from_workdir(args):
     labels = (np.arange(args.num) % label_dim).astype(np.int32) if label_dim else None
   images = np.asarray(images)
   if args.samples:
-    from jaxdiff.eval.stats import atomic_savez
+    from jaxdiff.fileio import atomic_savez
     arrays = {"images": images} if labels is None else {"images": images,
                                                          "labels": np.asarray(labels, np.int32)}
     atomic_savez(args.samples, **arrays)

@@ -27,6 +27,7 @@ from flax import nnx
 
 from jaxdiff.errors import JaxdiffError
 from jaxdiff.nets.layers import Conv2d, resample_kernel
+from jaxdiff.pytree import param_shapes, unflatten
 
 # Buffers of the preconditioning wrappers that jaxdiff recomputes (iDDPMPrecond's sigma table).
 IGNORED_KEYS = ("u",)
@@ -92,14 +93,6 @@ def _from_reference(a: np.ndarray) -> np.ndarray:
   return a
 
 
-def _flat_params(net) -> dict[str, tuple]:
-  """'enc.32x32_conv.weight' -> jaxdiff shape, for every nnx.Param of `net` (abstract is fine)."""
-  out = {}
-  for path, var in nnx.to_flat_state(nnx.state(net, nnx.Param)):
-    out[".".join(str(p) for p in path)] = tuple(var.shape)
-  return out
-
-
 def _buffers(net) -> dict[str, np.ndarray]:
   """The reference's buffers that the jaxdiff network implies, in the reference's layout."""
   out = {}
@@ -136,7 +129,7 @@ def import_state_dict(net, state_dict: Mapping[str, np.ndarray]) -> nnx.State:
   prefix = _prefix(state_dict)
   names = {k[len(prefix):]: k for k in state_dict if k.startswith(prefix) and k not in IGNORED_KEYS}
   foreign = sorted(k for k in state_dict if not k.startswith(prefix) and k not in IGNORED_KEYS)
-  expected = _flat_params(net)
+  expected = param_shapes(net)
   buffers = _buffers(net)
 
   missing = sorted(prefix + n for n in list(expected) + list(buffers) if n not in names)
@@ -157,6 +150,13 @@ def import_state_dict(net, state_dict: Mapping[str, np.ndarray]) -> nnx.State:
       elif not np.array_equal(got, value):
         wrong.append(names[n])
 
+  check_fit("network", "model.arch / model.* / data.num_classes / model.augment_dim", missing,
+            unexpected, misshaped, wrong)
+  return params_from(net, {n: state_dict[names[n]] for n in expected})
+
+
+def check_fit(what: str, hint: str, missing, unexpected, misshaped, wrong) -> None:
+  """One JaxdiffError line listing what of a state dict does not fit the config's `what`."""
   problems = []
   for label, items in (("missing", missing), ("unexpected", unexpected),
                        ("mis-shaped", misshaped), ("differing from the config", wrong)):
@@ -164,16 +164,15 @@ def import_state_dict(net, state_dict: Mapping[str, np.ndarray]) -> nnx.State:
       shown = ", ".join(items[:4]) + (f", ... ({len(items)} in all)" if len(items) > 4 else "")
       problems.append(f"{label}: {shown}")
   if problems:
-    raise JaxdiffError("the state dict does not fit the config's network (" + "; ".join(problems)
-                       + "); check model.arch / model.* / data.num_classes / model.augment_dim")
+    raise JaxdiffError(f"the state dict does not fit the config's {what} (" + "; ".join(problems)
+                       + f"); check {hint}")
 
-  params = jax.tree.map(lambda x: x, nnx.state(net, nnx.Param))  # a copy: `net` stays untouched
-  pure = {}
-  for n, shape in expected.items():
-    node = pure
-    *parents, leaf = n.split(".")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = np.ascontiguousarray(_from_reference(np.asarray(state_dict[names[n]], np.float32)))
+
+def params_from(net, arrays: Mapping[str, np.ndarray]) -> nnx.State:
+  """A copy of `net`'s parameters (`net` stays untouched) with {dotted name: reference array}."""
+  params = jax.tree.map(lambda x: x, nnx.state(net, nnx.Param))
+  # np.array, not np.ascontiguousarray: that would make scalar gains (EDM2) [1]-shaped.
+  pure = unflatten({n: np.array(_from_reference(np.asarray(a, np.float32)), order="C")
+                    for n, a in arrays.items()}, sep=".")
   nnx.replace_by_pure_dict(params, pure)
   return params

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import jax
 import numpy as np
 from flax import nnx
 
-from jaxdiff.convert.edm import _from_reference, _to_reference, load_state_dict  # noqa: F401
-from jaxdiff.errors import JaxdiffError
+from jaxdiff.convert.edm import (_to_reference, check_fit, load_state_dict,  # noqa: F401
+                                 params_from)
 from jaxdiff.nets.edm2 import MPFourier
+from jaxdiff.pytree import param_shapes
 
 # state-dict buffer -> (config.model key, MPFourier attribute)
 BUFFERS = {
@@ -48,11 +48,6 @@ def config_updates(state_dict: Mapping[str, np.ndarray]) -> dict:
     if name in state_dict:
       out[key] = [float(v) for v in np.asarray(state_dict[name], np.float32).ravel()]
   return out
-
-
-def _flat_params(net) -> dict[str, tuple]:
-  return {".".join(str(p) for p in path): tuple(var.shape)
-          for path, var in nnx.to_flat_state(nnx.state(net, nnx.Param))}
 
 
 def _buffers(net) -> dict[str, np.ndarray]:
@@ -82,7 +77,7 @@ def import_state_dict(net, state_dict: Mapping[str, np.ndarray]) -> nnx.State:
 
   Raises JaxdiffError naming missing, unexpected and mis-shaped keys, and MPFourier buffers that
   differ from the network's constants (build it with `config_updates(state_dict)` applied)."""
-  expected = _flat_params(net)
+  expected = param_shapes(net)
   buffers = _buffers(net)
   missing = sorted(n for n in list(expected) + list(buffers) if n not in state_dict)
   unexpected = sorted(k for k in state_dict if k not in expected and k not in buffers)
@@ -100,25 +95,6 @@ def import_state_dict(net, state_dict: Mapping[str, np.ndarray]) -> nnx.State:
         misshaped.append(f"{n} {list(got.shape)} (config wants {list(value.shape)})")
       elif not np.array_equal(got, value):
         wrong.append(n)
-  problems = []
-  for label, items in (("missing", missing), ("unexpected", unexpected),
-                       ("mis-shaped", misshaped), ("differing from the config", wrong)):
-    if items:
-      shown = ", ".join(items[:4]) + (f", ... ({len(items)} in all)" if len(items) > 4 else "")
-      problems.append(f"{label}: {shown}")
-  if problems:
-    raise JaxdiffError("the state dict does not fit the config's EDM2 network (" + "; ".join(problems)
-                       + "); check model.model_channels / channel_mult / num_blocks / "
-                       "attn_resolutions / data.num_classes / data.channels")
-
-  params = jax.tree.map(lambda x: x, nnx.state(net, nnx.Param))  # a copy: `net` stays untouched
-  pure = {}
-  for n in expected:
-    node = pure
-    *parents, leaf = n.split(".")
-    for p in parents:
-      node = node.setdefault(p, {})
-    # np.array, not np.ascontiguousarray: that makes the scalar gains [1]-shaped.
-    node[leaf] = np.array(_from_reference(np.asarray(state_dict[n], np.float32)), order="C")
-  nnx.replace_by_pure_dict(params, pure)
-  return params
+  check_fit("EDM2 network", "model.model_channels / channel_mult / num_blocks / attn_resolutions / "
+            "data.num_classes / data.channels", missing, unexpected, misshaped, wrong)
+  return params_from(net, {n: state_dict[n] for n in expected})

@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.errors import JaxdiffError
 
 NUM_LABELS = 9
 

@@ -27,7 +27,8 @@ from flax import nnx
 from jaxdiff.errors import JaxdiffError
 from jaxdiff.eval.cache import cache_dir
 from jaxdiff.eval.metrics import feature_stats, frechet_distance
-from jaxdiff.eval.stats import atomic_savez
+from jaxdiff.fileio import atomic_savez
+from jaxdiff.pytree import flatten, unflatten
 
 RECIPE = "digits-mlp-v1"  # bump when anything below changes what the cached weights mean
 CACHE_NAME = f"{RECIPE}.npz"
@@ -126,33 +127,16 @@ def train_classifier() -> DigitsClassifier:
 
 def _flat_params(model) -> dict[str, np.ndarray]:
   _, params = nnx.split(model, nnx.Param)
-  flat = {}
-
-  def walk(tree, prefix):
-    for k, v in tree.items():
-      if isinstance(v, dict):
-        walk(v, f"{prefix}{k}/")
-      else:
-        flat[f"{prefix}{k}"] = np.asarray(v)
-  walk(nnx.to_pure_dict(params), "")
-  return flat
+  return {k: np.asarray(v) for k, v in flatten(nnx.to_pure_dict(params)).items()}
 
 
 def _from_flat(flat: dict) -> DigitsClassifier:
   graphdef, params = nnx.split(nnx.eval_shape(lambda: DigitsClassifier(rngs=nnx.Rngs(0))), nnx.Param)
-  pure = nnx.to_pure_dict(params)
-
-  def fill(tree, prefix):
-    for k, v in tree.items():
-      if isinstance(v, dict):
-        fill(v, f"{prefix}{k}/")
-      else:
-        a = flat[f"{prefix}{k}"]
-        if a.shape != v.shape:
-          raise ValueError(f"{prefix}{k}: shape {a.shape} != {v.shape}")
-        tree[k] = jnp.asarray(a)
-  fill(pure, "")
-  nnx.replace_by_pure_dict(params, pure)
+  wanted = flatten(nnx.to_pure_dict(params))
+  for key, want in wanted.items():
+    if flat[key].shape != want.shape:
+      raise ValueError(f"{key}: shape {flat[key].shape} != {want.shape}")
+  nnx.replace_by_pure_dict(params, unflatten({k: jnp.asarray(flat[k]) for k in wanted}))
   return nnx.merge(graphdef, params)
 
 

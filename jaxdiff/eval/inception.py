@@ -26,6 +26,7 @@ from flax import nnx
 
 from jaxdiff.errors import JaxdiffError
 from jaxdiff.eval.cache import cache_dir
+from jaxdiff.pytree import flatten, unflatten
 
 PTH_NAME = "pt_inception-2015-12-05-6726825d.pth"
 PTH_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
@@ -210,28 +211,6 @@ def preprocess(images):
 
 # ---- weights -------------------------------------------------------------------------------------
 
-def _flatten(tree, prefix=""):
-  out = {}
-  for k, v in tree.items():
-    key = f"{prefix}{k}"
-    if isinstance(v, dict):
-      out.update(_flatten(v, key + "/"))
-    else:
-      out[key] = v
-  return out
-
-
-def _unflatten(flat):
-  tree = {}
-  for key, v in flat.items():
-    node = tree
-    *parents, leaf = key.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = v
-  return tree
-
-
 @functools.lru_cache(maxsize=1)
 def _abstract_split():
   # Tracing the constructor takes seconds; do it once per process.
@@ -247,7 +226,7 @@ def abstract_inception() -> InceptionV3:
 def weight_shapes() -> dict[str, tuple[int, ...]]:
   """npz key → shape for every variable of the network."""
   _, state = _abstract_split()
-  return {k: tuple(v.shape) for k, v in _flatten(nnx.to_pure_dict(state)).items()}
+  return {k: tuple(v.shape) for k, v in flatten(nnx.to_pure_dict(state)).items()}
 
 
 _BN_NAMES = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
@@ -288,7 +267,7 @@ def _read_pth(path: str) -> dict[str, np.ndarray]:
 
 def convert_pth(src: str, out: str) -> None:
   """One-time conversion of the PyTorch port's .pth into jaxdiff's .npz."""
-  from jaxdiff.eval.stats import atomic_savez
+  from jaxdiff.fileio import atomic_savez
   weights = convert_state_dict(_read_pth(src))
   _check_weights(weights, src)
   atomic_savez(out, **weights)
@@ -344,7 +323,7 @@ def inception_from_weights(weights: dict) -> InceptionV3:
   """The network with variables from a flat {npz key: array} dict (keys as `weight_shapes()`)."""
   graphdef, state = _abstract_split()
   state = copy.deepcopy(state)
-  pure = _unflatten({k: jnp.asarray(v, jnp.float32) for k, v in weights.items()})
+  pure = unflatten({k: jnp.asarray(v, jnp.float32) for k, v in weights.items()})
   nnx.replace_by_pure_dict(state, pure)
   return nnx.merge(graphdef, state)
 

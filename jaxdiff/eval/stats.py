@@ -4,30 +4,11 @@ them), optionally `features` [N, D] so that KID and precision/recall can use the
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 
 from jaxdiff.errors import JaxdiffError
-
-
-def atomic_savez(path: str, **arrays) -> None:
-  """np.savez to a temporary file in the target folder, then rename: readers never see half a file."""
-  path = os.fspath(path)
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+from jaxdiff.fileio import atomic_savez
 
 
 def save_stats(path: str, mu, sigma, features=None) -> None:

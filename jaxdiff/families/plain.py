@@ -9,7 +9,7 @@ from jaxdiff import losses
 from jaxdiff.denoiser import make_denoiser
 from jaxdiff.families import Family
 from jaxdiff.train import optim
-from jaxdiff.train.step import StepParts, train_step
+from jaxdiff.train.step import StepParts
 
 
 def denoising_loss(cfg, state, key, images, class_labels, aug_labels) -> StepParts:
@@ -26,16 +26,6 @@ def denoising_loss(cfg, state, key, images, class_labels, aug_labels) -> StepPar
                             dropout_key=dropout_key)
     return jnp.mean(losses.denoising_loss(cfg.loss, denoise, loss_key, images, **cond))
   return StepParts(loss_fn, (images, class_labels, aug_labels))
-
-
-def plain_step(cfg, state, batch):
-  return train_step(cfg, denoising_loss, state, batch)
-
-
-def make_train_step(cfg, **jit_kwargs):
-  """The plain step compiled; by default the state buffers are donated (updated in place)."""
-  return jax.jit(lambda state, batch: plain_step(cfg, state, batch),
-                 **{"donate_argnums": 0, **jit_kwargs})
 
 
 def make_optimizer(exp):

@@ -40,10 +40,17 @@ def stage_probabilities(loss, boundaries) -> np.ndarray:
   return p / p.sum()
 
 
+def stage_of(value, boundaries):
+  """Stage index (int32, shaped like `value`) for increasing `boundaries`: the number of
+  boundaries ≤ value. The one definition: σ against σ boundaries here, c_noise against c_noise
+  boundaries in the network (nets/multistage)."""
+  b = jnp.asarray(np.asarray(boundaries, np.float32))
+  return jnp.sum(jnp.asarray(value, jnp.float32)[..., None] >= b, axis=-1).astype(jnp.int32)
+
+
 def stage_of_sigma(sigma, boundaries):
-  """Stage index (int32, shaped like sigma): the number of boundaries ≤ σ."""
-  b = jnp.asarray(np.asarray(check_boundaries(boundaries), np.float32))
-  return jnp.sum(jnp.asarray(sigma, jnp.float32)[..., None] >= b, axis=-1).astype(jnp.int32)
+  """Stage index (int32, shaped like sigma) of σ for checked σ boundaries."""
+  return stage_of(sigma, check_boundaries(boundaries))
 
 
 def draw_stage(key, probabilities):

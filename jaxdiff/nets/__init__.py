@@ -1,5 +1,7 @@
-"""Networks. `build_network` is the only place that maps the model options (a mapping: the
-NetworkSpec's, or a config's `model` section) to a network class."""
+"""Networks. `build_network` is the only place that maps the model options to a network class.
+
+The options are a plain dict, `NetworkSpec.as_dict()` (made by build from `config.model`); no
+module here reads a config."""
 
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ ARCHS = {
 }
 
 
-def build_network(model_cfg, *, img_resolution: int, img_channels: int, label_dim: int, rngs):
-  arch = model_cfg["arch"]
+def build_network(options, *, img_resolution: int, img_channels: int, label_dim: int, rngs):
+  arch = options["arch"]
   if arch not in ARCHS:
     raise JaxdiffError(f"unknown model.arch {arch!r}; choose one of {', '.join(sorted(ARCHS))}")
   module_name, fn_name = ARCHS[arch].split(":")
@@ -32,5 +34,5 @@ def build_network(model_cfg, *, img_resolution: int, img_channels: int, label_di
     if e.name == module_name:
       raise JaxdiffError(f"model.arch {arch!r} is not available yet in this version") from None
     raise
-  return getattr(module, fn_name)(model_cfg, img_resolution=img_resolution,
+  return getattr(module, fn_name)(options, img_resolution=img_resolution,
                                   img_channels=img_channels, label_dim=label_dim, rngs=rngs)

@@ -114,9 +114,9 @@ class DhariwalUNet(nnx.Module):
     return x.astype(jnp.float32)
 
 
-def build_adm(model_cfg, *, img_resolution, img_channels, label_dim, rngs):
-  """ADM from `config.model`; keys left out take the reference's values."""
-  g = model_cfg.get
+def build_adm(options, *, img_resolution, img_channels, label_dim, rngs):
+  """ADM from the network options (NetworkSpec.as_dict(), a plain dict); keys left out take the reference's values."""
+  g = options.get
   return DhariwalUNet(
       img_resolution=img_resolution, in_channels=img_channels,
       out_channels=img_channels * int(g("out_channels_factor", 1)), label_dim=label_dim,

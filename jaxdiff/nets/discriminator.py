@@ -62,9 +62,9 @@ class Discriminator(nnx.Module):
     return self.head(jnp.mean(h, axis=(1, 2)))[:, 0]  # pooled in float32
 
 
-def build(model_cfg, *, img_resolution, img_channels, label_dim, rngs):
+def build(options, *, img_resolution, img_channels, label_dim, rngs):
   return Discriminator(img_resolution=img_resolution, in_channels=img_channels,
-                       label_dim=label_dim, model_channels=model_cfg.model_channels,
-                       channel_mult=tuple(model_cfg.channel_mult), num_blocks=model_cfg.num_blocks,
-                       dropout=model_cfg.get("dropout", 0.0),
-                       dtype=jnp.dtype(model_cfg.get("dtype", "float32")), rngs=rngs)
+                       label_dim=label_dim, model_channels=options["model_channels"],
+                       channel_mult=tuple(options["channel_mult"]), num_blocks=options["num_blocks"],
+                       dropout=options.get("dropout", 0.0),
+                       dtype=jnp.dtype(options.get("dtype", "float32")), rngs=rngs)

@@ -373,9 +373,9 @@ def _pair(g, name):
   return None if f is None else (tuple(float(v) for v in f), tuple(float(v) for v in p))
 
 
-def build_edm2(model_cfg, *, img_resolution, img_channels, label_dim, rngs):
-  """EDM2 from `config.model`; keys left out take the reference's UNet / Precond defaults."""
-  g = model_cfg.get
+def build_edm2(options, *, img_resolution, img_channels, label_dim, rngs):
+  """EDM2 from the network options (NetworkSpec.as_dict(), a plain dict); keys left out take the reference's UNet / Precond defaults."""
+  g = options.get
   if int(g("out_channels_factor", 1)) != 1:
     raise JaxdiffError("model.arch 'edm2' predicts the image channels only; use precond.name=edm")
   if float(g("label_dropout", 0.0) or 0.0) != 0.0:

@@ -21,8 +21,9 @@ import numpy as np
 from flax import nnx
 
 from jaxdiff.errors import JaxdiffError
-from jaxdiff.nets.layers import (Conv2d, GroupNorm, Linear, UNetBlock, label_dropout,
-                                 positional_embedding)
+from jaxdiff.multistage.stages import stage_of
+from jaxdiff.nets.layers import Conv2d, GroupNorm, UNetBlock, positional_embedding
+from jaxdiff.nets.songunet import init_mapping, map_embedding
 
 _INIT = dict(init_mode="xavier_uniform")
 _INIT_ZERO = dict(init_mode="xavier_uniform", init_weight=1e-5)
@@ -45,26 +46,13 @@ class Embedding(nnx.Module):
     self.label_dim = label_dim
     self.label_dropout = float(label_dropout)
     self.noise_channels = model_channels
-    emb_channels = model_channels * channel_mult_emb
-    self.map_label = (Linear(label_dim, model_channels, rngs=rngs, **_INIT) if label_dim else None)
-    self.map_augment = (Linear(augment_dim, model_channels, bias=False, rngs=rngs, **_INIT)
-                        if augment_dim else None)
-    self.map_layer0 = Linear(model_channels, emb_channels, rngs=rngs, **_INIT)
-    self.map_layer1 = Linear(emb_channels, emb_channels, rngs=rngs, **_INIT)
+    init_mapping(self, noise_channels=model_channels,
+                 emb_channels=model_channels * channel_mult_emb, label_dim=label_dim,
+                 augment_dim=augment_dim, init=_INIT, rngs=rngs)
 
   def __call__(self, c_noise, class_labels=None, augment_labels=None, *, train=False, rngs=None):
     emb = positional_embedding(c_noise, self.noise_channels, endpoint=True)
-    half = emb.shape[1] // 2
-    emb = jnp.concatenate([emb[:, half:], emb[:, :half]], axis=1)  # sin first, as the reference
-    if self.map_label is not None:
-      labels = (jnp.zeros((emb.shape[0], self.label_dim), jnp.float32) if class_labels is None
-                else class_labels.astype(jnp.float32))
-      labels = label_dropout(labels, self.label_dropout, train=train, rngs=rngs)
-      emb = emb + self.map_label(labels * np.float32(np.sqrt(self.label_dim)))
-    if self.map_augment is not None and augment_labels is not None:
-      emb = emb + self.map_augment(augment_labels.astype(jnp.float32))
-    emb = nnx.silu(self.map_layer0(emb))
-    return nnx.silu(self.map_layer1(emb))
+    return map_embedding(self, emb, class_labels, augment_labels, train=train, rngs=rngs)
 
 
 class Encoder(nnx.Module):
@@ -138,12 +126,6 @@ class Decoder(nnx.Module):
         x = jnp.concatenate([x, skips.pop()], axis=-1)
       x = self.blocks[name](x, emb, train=train, rngs=rngs)
     return self.out_conv(nnx.silu(self.out_norm(x)))
-
-
-def stage_of(value, boundaries):
-  """Stage index (int32) of `value` for increasing `boundaries`: the number of boundaries ≤ value."""
-  b = jnp.asarray(np.asarray(boundaries, np.float32))
-  return jnp.sum(jnp.asarray(value, jnp.float32)[..., None] >= b, axis=-1).astype(jnp.int32)
 
 
 class MultiStageUNet(nnx.Module):
@@ -241,9 +223,9 @@ def c_noise_boundaries(sigma_boundaries, precond_name: str = "edm", **precond_op
   return tuple(float(v) for v in c)
 
 
-def build_multistage(model_cfg, *, img_resolution, img_channels, label_dim, rngs):
-  """MultiStageUNet from `config.model` (DDPM++ defaults of the reference's CIFAR-10 setting)."""
-  g = model_cfg.get
+def build_multistage(options, *, img_resolution, img_channels, label_dim, rngs):
+  """MultiStageUNet from the network options (NetworkSpec.as_dict(); DDPM++ defaults of the reference's CIFAR-10 setting)."""
+  g = options.get
   bounds = tuple(g("stage_boundaries", (2.5103, 7.6577)))
   return MultiStageUNet(
       img_resolution=img_resolution, in_channels=img_channels,

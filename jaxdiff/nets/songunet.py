@@ -17,6 +17,33 @@ from jaxdiff.nets.layers import (Conv2d, GroupNorm, Linear, UNetBlock, fourier_e
                                  fourier_frequencies, label_dropout, positional_embedding)
 
 
+def init_mapping(m, *, noise_channels, emb_channels, label_dim, augment_dim, init, rngs):
+  """The DDPM++ / NCSN++ mapping layers, made on module `m` under the reference's names
+  (map_label, map_augment, map_layer0, map_layer1): SongUNet's own, and the multi-stage network's
+  shared `embedding`."""
+  m.map_label = (Linear(label_dim, noise_channels, rngs=rngs, **init) if label_dim else None)
+  m.map_augment = (Linear(augment_dim, noise_channels, bias=False, rngs=rngs, **init)
+                   if augment_dim else None)
+  m.map_layer0 = Linear(noise_channels, emb_channels, rngs=rngs, **init)
+  m.map_layer1 = Linear(emb_channels, emb_channels, rngs=rngs, **init)
+
+
+def map_embedding(m, emb, class_labels=None, augment_labels=None, *, train=False, rngs=None):
+  """The embedding vector [B, emb_channels] from a noise embedding `emb` [B, C] (cos first) through
+  the mapping layers of `init_mapping` on `m` (which also holds label_dim and label_dropout)."""
+  half = emb.shape[1] // 2
+  emb = jnp.concatenate([emb[:, half:], emb[:, :half]], axis=1)  # sin first, as the reference
+  if m.map_label is not None:
+    labels = (jnp.zeros((emb.shape[0], m.label_dim), jnp.float32) if class_labels is None
+              else class_labels.astype(jnp.float32))
+    labels = label_dropout(labels, m.label_dropout, train=train, rngs=rngs)
+    emb = emb + m.map_label(labels * np.float32(np.sqrt(m.label_dim)))
+  if m.map_augment is not None and augment_labels is not None:
+    emb = emb + m.map_augment(augment_labels.astype(jnp.float32))
+  emb = nnx.silu(m.map_layer0(emb))
+  return nnx.silu(m.map_layer1(emb))
+
+
 class SongUNet(nnx.Module):
   """DDPM++ (positional embedding, standard encoder) / NCSN++ (Fourier, residual encoder)."""
 
@@ -63,12 +90,8 @@ class SongUNet(nnx.Module):
                         init=init, init_zero=init_zero, init_attn=init_attn, remat=remat,
                         rngs=rngs)
 
-    # Mapping.
-    self.map_label = (Linear(label_dim, noise_channels, rngs=rngs, **init) if label_dim else None)
-    self.map_augment = (Linear(augment_dim, noise_channels, bias=False, rngs=rngs, **init)
-                        if augment_dim else None)
-    self.map_layer0 = Linear(noise_channels, emb_channels, rngs=rngs, **init)
-    self.map_layer1 = Linear(emb_channels, emb_channels, rngs=rngs, **init)
+    init_mapping(self, noise_channels=noise_channels, emb_channels=emb_channels,
+                 label_dim=label_dim, augment_dim=augment_dim, init=init, rngs=rngs)
 
     # Encoder.
     enc = {}
@@ -131,17 +154,7 @@ class SongUNet(nnx.Module):
       emb = positional_embedding(c_noise, self.noise_channels, endpoint=True)
     else:
       emb = fourier_embedding(c_noise, self.fourier_freqs)
-    half = emb.shape[1] // 2
-    emb = jnp.concatenate([emb[:, half:], emb[:, :half]], axis=1)  # sin first, as the reference
-    if self.map_label is not None:
-      labels = (jnp.zeros((emb.shape[0], self.label_dim), jnp.float32) if class_labels is None
-                else class_labels.astype(jnp.float32))
-      labels = label_dropout(labels, self.label_dropout, train=train, rngs=rngs)
-      emb = emb + self.map_label(labels * np.float32(np.sqrt(self.label_dim)))
-    if self.map_augment is not None and augment_labels is not None:
-      emb = emb + self.map_augment(augment_labels.astype(jnp.float32))
-    emb = nnx.silu(self.map_layer0(emb))
-    return nnx.silu(self.map_layer1(emb))
+    return map_embedding(self, emb, class_labels, augment_labels, train=train, rngs=rngs)
 
   def __call__(self, x, c_noise, class_labels=None, augment_labels=None, *, train=False,
                rngs=None):
@@ -192,8 +205,8 @@ _NCSNPP = dict(embedding_type="fourier", channel_mult_noise=2, encoder_type="res
                decoder_type="standard", resample_filter=(1, 3, 3, 1))
 
 
-def _build(defaults, model_cfg, *, img_resolution, img_channels, label_dim, rngs):
-  g = model_cfg.get
+def _build(defaults, options, *, img_resolution, img_channels, label_dim, rngs):
+  g = options.get
 
   def opt(key):
     v = g(key, None)
@@ -215,13 +228,13 @@ def _build(defaults, model_cfg, *, img_resolution, img_channels, label_dim, rngs
       remat=bool(g("remat", False)), rngs=rngs)
 
 
-def build_ddpmpp(model_cfg, *, img_resolution, img_channels, label_dim, rngs):
-  """DDPM++ from `config.model`; keys left out take the reference's DDPM++ values."""
-  return _build(_DDPMPP, model_cfg, img_resolution=img_resolution, img_channels=img_channels,
+def build_ddpmpp(options, *, img_resolution, img_channels, label_dim, rngs):
+  """DDPM++ from the network options (NetworkSpec.as_dict(), a plain dict); keys left out take the reference's DDPM++ values."""
+  return _build(_DDPMPP, options, img_resolution=img_resolution, img_channels=img_channels,
                 label_dim=label_dim, rngs=rngs)
 
 
-def build_ncsnpp(model_cfg, *, img_resolution, img_channels, label_dim, rngs):
-  """NCSN++ from `config.model`; keys left out take the reference's NCSN++ values."""
-  return _build(_NCSNPP, model_cfg, img_resolution=img_resolution, img_channels=img_channels,
+def build_ncsnpp(options, *, img_resolution, img_channels, label_dim, rngs):
+  """NCSN++ from the network options (NetworkSpec.as_dict(), a plain dict); keys left out take the reference's NCSN++ values."""
+  return _build(_NCSNPP, options, img_resolution=img_resolution, img_channels=img_channels,
                 label_dim=label_dim, rngs=rngs)

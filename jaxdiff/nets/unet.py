@@ -165,12 +165,12 @@ class UNet(nnx.Module):
     return self.conv_out(nnx.silu(self.norm_out(h))).astype(jnp.float32)
 
 
-def build(model_cfg, *, img_resolution, img_channels, label_dim, rngs):
-  g = model_cfg.get
+def build(options, *, img_resolution, img_channels, label_dim, rngs):
+  g = options.get
   return UNet(img_resolution=img_resolution, in_channels=img_channels,
               out_channels=img_channels * g("out_channels_factor", 1), label_dim=label_dim,
-              augment_dim=g("augment_dim", 0), model_channels=model_cfg["model_channels"],
-              channel_mult=tuple(model_cfg["channel_mult"]), num_blocks=model_cfg["num_blocks"],
-              attn_resolutions=tuple(model_cfg["attn_resolutions"]), dropout=model_cfg["dropout"],
+              augment_dim=g("augment_dim", 0), model_channels=options["model_channels"],
+              channel_mult=tuple(options["channel_mult"]), num_blocks=options["num_blocks"],
+              attn_resolutions=tuple(options["attn_resolutions"]), dropout=options["dropout"],
               label_dropout=g("label_dropout", 0.0), dtype=jnp.dtype(g("dtype", "float32")),
               remat=bool(g("remat", False)), rngs=rngs)

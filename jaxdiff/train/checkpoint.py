@@ -101,10 +101,8 @@ def check_or_write_config(workdir: str, cfg_json: str) -> None:
       raise JaxdiffError(
           f"workdir {workdir!r} holds a run of another config (changed: {'; '.join(changed)}); "
           "use a new --workdir, or the original config")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(cfg_json)
-  os.replace(tmp, path)  # atomic: a crash never leaves a half-written config
+  from jaxdiff.fileio import atomic_write_text
+  atomic_write_text(path, cfg_json)  # a crash never leaves a half-written config
 
 
 def manager(workdir: str, keep: int = 2, async_save: bool = True) -> ocp.CheckpointManager:

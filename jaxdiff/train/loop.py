@@ -17,6 +17,7 @@ import numpy as np
 
 from jaxdiff import families
 from jaxdiff.errors import JaxdiffError
+from jaxdiff.fileio import atomic_write_text
 from jaxdiff.images import save_grid
 from jaxdiff.model import Model
 from jaxdiff.train import checkpoint as ckpt_lib
@@ -53,6 +54,19 @@ def threading_main() -> bool:
   return threading.current_thread() is threading.main_thread()
 
 
+def _resume_or_start(exp, workdir, mngr, abstract, state_sh, optimizer):
+  """(state, checkpoint meta) of the newest readable checkpoint laid out as `state_sh`, or a fresh
+  state (seed training.seed) and None."""
+  state, meta = ckpt_lib.restore(mngr, sharding_lib.with_sharding(abstract, state_sh),
+                                 quarantine=jax.process_index() == 0)
+  if state is not None:
+    log(f"jaxdiff train: resuming {workdir} from step {int(state.step)}")
+    return state, meta
+  _, params = families.initial_params(exp, seed=exp.training.seed)  # the family may start from a model
+  log(f"jaxdiff train: starting {workdir} from step 0")
+  return jax.device_put(families.train_state(exp, params, optimizer), state_sh), None
+
+
 def train(exp, workdir: str) -> dict:
   """Trains the Experiment `exp` in `workdir` (whose config.json the caller has recorded: see
   build.run_training), resuming from its latest checkpoint. Returns a summary dict."""
@@ -69,15 +83,7 @@ def train(exp, workdir: str) -> dict:
   step_cfg = families.step_config(exp, graphdef, optimizer)
   mngr = ckpt_lib.manager(workdir, keep=t.keep_checkpoints)
   state_sh = sharding_lib.state_sharding(abstract, mesh, fsdp=t.fsdp)
-  state, meta = ckpt_lib.restore(mngr, sharding_lib.with_sharding(abstract, state_sh),
-                                 quarantine=jax.process_index() == 0)
-  if state is None:
-    _, params = families.initial_params(exp, seed=t.seed)  # the family may start from a model
-    state = jax.device_put(families.train_state(exp, params, optimizer), state_sh)
-    del params
-    log(f"jaxdiff train: starting {workdir} from step 0")
-  else:
-    log(f"jaxdiff train: resuming {workdir} from step {int(state.step)}")
+  state, meta = _resume_or_start(exp, workdir, mngr, abstract, state_sh, optimizer)
   start = int(state.step)
   on_step = families.of(exp).on_step  # a family's host-side work after each step, or None
 
@@ -160,6 +166,5 @@ def train(exp, workdir: str) -> dict:
   log(f"jaxdiff train: {step - start} steps in {elapsed:.1f} s "
       f"({summary['images_per_s']} img/s); workdir {workdir}")
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "train_summary.json"), "w") as f:
-      json.dump(summary, f)
+    atomic_write_text(os.path.join(workdir, "train_summary.json"), json.dumps(summary))
   return summary
