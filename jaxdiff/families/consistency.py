@@ -107,31 +107,30 @@ def init_params(exp, params):
   spec = exp.family_spec
   if not spec.init_from:
     return params
-  from jaxdiff import build
-  from jaxdiff.train import checkpoint as ckpt_lib
-  _check_source(exp, build.workdir_experiment(spec.init_from), "consistency.init_from",
-                spec.init_from)
+  from jaxdiff.model import load  # the workdir's own config and weights (no optimizer)
   try:
-    weights = ckpt_lib.restore_weights(spec.init_from, jax.eval_shape(lambda: params), "ema")
+    source = load(spec.init_from)
   except JaxdiffError as e:
     raise JaxdiffError(f"consistency.init_from={spec.init_from!r}: {e}") from None
-  if weights is None:
-    raise JaxdiffError(f"consistency.init_from={spec.init_from!r} has no checkpoint; train it "
-                       "first")
-  return weights
+  _check_source(exp, source.exp, "consistency.init_from", spec.init_from)
+  shapes = lambda tree: jax.tree.map(lambda a: (tuple(a.shape), str(a.dtype)), tree)  # noqa: E731
+  if (jax.tree.structure(source.params) != jax.tree.structure(params)
+      or shapes(source.params) != shapes(params)):
+    raise JaxdiffError(f"consistency.init_from={spec.init_from!r} holds a network of other "
+                       "parameter shapes than this config's; use the same model section")
+  return source.params
 
 
 def teacher_model(exp):
   """The distillation teacher (a jaxdiff.model.Model: EMA weights, its own preconditioning)."""
   spec = exp.family_spec
-  from jaxdiff import build
-  t_exp = build.workdir_experiment(spec.teacher)
-  _check_source(exp, t_exp, "consistency.teacher", spec.teacher)
-  if t_exp.family == "consistency":
+  from jaxdiff.model import load
+  teacher = load(spec.teacher)
+  _check_source(exp, teacher.exp, "consistency.teacher", spec.teacher)
+  if teacher.exp.family == "consistency":
     raise JaxdiffError(f"consistency.teacher={spec.teacher!r} is a consistency model; distill "
                        "from a diffusion (EDM) workdir")
-  from jaxdiff.model import load
-  return load(spec.teacher)
+  return teacher
 
 
 # ---------------------------------------------------------------- the losses
