@@ -33,3 +33,20 @@ def run_cli(*argv):
   proc = subprocess.run([sys.executable, "-m", "jaxdiff", *argv], capture_output=True, text=True,
                         cwd=ROOT, timeout=900)
   return proc.returncode, proc.stdout, proc.stderr
+
+
+# The longest tests start first, so that with several xdist workers the suite's wall time is not
+# one long test begun at the end (longest-first scheduling). Files are in order of their measured
+# length; the other slow-marked tests follow, then everything else in collection order.
+LONGEST_FIRST = ("test_main_job.py", "test_notebook.py", "test_edm2_workflow.py",
+                 "test_portability.py", "test_fewstep_cli.py", "test_consistency_family.py",
+                 "test_compare_cli.py", "test_resume.py", "test_remat.py", "test_edm2_net.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  def rank(item):
+    name = os.path.basename(str(item.fspath))
+    if name in LONGEST_FIRST:
+      return LONGEST_FIRST.index(name)
+    return len(LONGEST_FIRST) + (0 if item.get_closest_marker("slow") else 1)
+  items.sort(key=rank)  # stable: collection order within a rank
