@@ -23,6 +23,7 @@ FAMILIES = {
     "consistency": "jaxdiff.families.consistency",
     "multistage": "jaxdiff.families.multistage",
     "edm2": "jaxdiff.families.edm2",
+    "discriminator": "jaxdiff.families.discriminator",
     "plain": "jaxdiff.families.plain",
 }
 
