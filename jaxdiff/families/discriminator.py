@@ -15,9 +15,10 @@ A second grain pipeline would need its own checkpointed iterator; a jit constant
 whole file into the program. A digits samples file (1,000 x 8x8) is 256 KB; a large one must fit
 on the device.
 
-Both inputs are checked in `make_spec`, which `build.experiment` calls before the workdir is
-written: a samples file of another image shape or without the labels a conditional model needs,
-and a model of another resolution, channel count or label count, are one-line errors.
+Both inputs are checked by `check_inputs`, which `build.run_training` calls before the workdir is
+written (not when a trained discriminator is only loaded, so the files may move afterwards): a
+samples file of another image shape or without the labels a conditional model needs, and a model
+of another resolution, channel count or label count, are one-line errors.
 """
 
 from __future__ import annotations
@@ -67,14 +68,19 @@ def make_spec(network, loss, batch_size, section: dict) -> DiscriminatorSpec:
   if not 0 < lo < hi < math.inf:
     raise JaxdiffError(f"discriminator.sigma_min={lo}, sigma_max={hi}: need 0 < sigma_min < "
                        "sigma_max")
-  data = _data_of(network)
-  # Before any work: the samples' shape / labels, then the model's data (its recorded config).
-  load_samples(samples, data.resolution, data.channels, data.num_classes)
-  check_compatible(data, model_data(model))
   d_loss = DiscriminatorLoss(sigma_min=lo, sigma_max=hi,
                              sigma_data=float(getattr(loss, "sigma_data", 0.5)))
   return DiscriminatorSpec(loss=d_loss, model=model, samples=samples,
                            weight=float(section.get("weight", 1.0)))
+
+
+def check_inputs(exp) -> None:
+  """Before `jaxdiff train` writes anything: the samples' shape / labels, then the model's data.
+  (Not in make_spec: loading a trained discriminator for sampling needs neither file.)"""
+  spec = exp.family_spec
+  data = _data_of(exp.network)
+  load_samples(spec.samples, data.resolution, data.channels, data.num_classes)
+  check_compatible(data, model_data(spec.model))
 
 
 def model_data(workdir: str):
@@ -144,4 +150,5 @@ def compile_step(step_cfg, exp, **jit_kwargs):
 
 
 FAMILY = Family(name="discriminator", loss=loss, make_optimizer=make_optimizer,
-                archs=("discriminator",), compile_step=compile_step, make_spec=make_spec)
+                archs=("discriminator",), compile_step=compile_step, make_spec=make_spec,
+                check_inputs=check_inputs)
