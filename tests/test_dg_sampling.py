@@ -111,3 +111,19 @@ def test_a_discriminator_of_other_data_is_refused(runs, tmp_path):
                            "--steps", "3", *args)
     assert code == 2 and needle in err.strip().splitlines()[-1], err
     assert not os.path.exists(out)
+
+
+def test_a_trained_discriminator_loads_without_its_training_inputs(runs):
+  """The samples file and model are checked when training starts, not on every load."""
+  samples = os.path.join(os.path.dirname(runs[1]), "samples.npz")
+  moved = samples + ".moved"
+  os.rename(samples, moved)
+  try:
+    disc = jaxdiff.load(runs[1], ema=False)
+    assert disc.exp.family == "discriminator"
+    with pytest.raises(JaxdiffError, match="does not exist"):
+      train(load_config(DISC, DTINY + ["--config.training.steps=4",
+                                       f"--config.discriminator.model={runs[0]}",
+                                       f"--config.discriminator.samples={samples}"]), runs[1])
+  finally:
+    os.rename(moved, samples)
