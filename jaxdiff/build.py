@@ -207,6 +207,8 @@ def run_training(cfg, workdir: str) -> dict:
   from jaxdiff.train import sharding as sharding_lib
   # Before anything touches a device.
   sharding_lib.maybe_initialize_distributed(cfg.training.get("distributed", "auto"))
+  # The config's one-line errors, and a family's checks of its inputs, before anything is written.
+  families.check_inputs(experiment(cfg))
   ckpt_lib.ensure_writable(workdir)
   adopt_recorded(workdir, cfg)  # e.g. a converted NCSN++'s Fourier frequencies
   ckpt_lib.check_or_write_config(workdir, to_json(cfg))

@@ -1,6 +1,6 @@
 """`jaxdiff sample --workdir DIR --num N --out FILE.npz [--seed S] [--solver NAME] [--steps K]
 [--label C] [--grid FILE.png] [--schedule FILE.json | --sigmas S0,S1,...] [--guide DIR2]
-[--guidance W]`."""
+[--guidance W] [--discriminator DISC [--dg-weight W]]`."""
 
 
 def add_arguments(parser):
@@ -16,6 +16,7 @@ def add_arguments(parser):
   parser.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
   add_grid_arguments(parser)
   add_guidance_arguments(parser)
+  add_discriminator_arguments(parser)
 
 
 # ---------------------------------------------------------------- σ grids (few-step sampling)
@@ -77,6 +78,29 @@ def guided_model(args, model):
   return model.with_guide(load(args.guide))
 
 
+# ---------------------------------------------------------------- discriminator guidance
+def add_discriminator_arguments(parser):
+  g = parser.add_argument_group("discriminator guidance")
+  g.add_argument("--discriminator", default=None, metavar="DISC",
+                 help="a discriminator workdir (configs/digits_discriminator.py) trained against "
+                      "this model: D' = D + W·σ²·∇ log(d / (1 − d)) (jaxdiff/dg.py)")
+  g.add_argument("--dg-weight", type=float, default=None, metavar="W",
+                 help="the weight W (default: the discriminator's discriminator.weight; 0 = off)")
+
+
+def discriminator_model(args, model):
+  """`model` with discriminator guidance by --discriminator, or `model` itself without it."""
+  from jaxdiff.errors import JaxdiffError
+  if not args.discriminator:
+    if args.dg_weight is not None:
+      raise JaxdiffError("--dg-weight needs --discriminator DISC")
+    return model
+  if args.guide:
+    raise JaxdiffError("--discriminator does not combine with --guide; use one of them")
+  from jaxdiff.dg_model import with_discriminator
+  return with_discriminator(model, args.discriminator, args.dg_weight)
+
+
 def run(args, extra):
   import os
   import time
@@ -95,6 +119,7 @@ def run(args, extra):
     check_writable(args.grid, "--grid")
   solver, steps, sigmas = grid_options(args)  # a bad grid fails before loading anything
   model = guided_model(args, load(args.workdir, ema=not args.raw))
+  model = discriminator_model(args, model)
   t0 = time.time()
   images, labels = model.sample_with_labels(args.num, seed=args.seed, label=args.label,
                                             solver=solver, steps=steps,

@@ -23,6 +23,7 @@ FAMILIES = {
     "consistency": "jaxdiff.families.consistency",
     "multistage": "jaxdiff.families.multistage",
     "edm2": "jaxdiff.families.edm2",
+    "discriminator": "jaxdiff.families.discriminator",
     "plain": "jaxdiff.families.plain",
 }
 
@@ -68,6 +69,9 @@ class Family:
                                        #   training.ema_halflife_images)
   # (Experiment, workdir, step, state) -> None: host-side work after each step (EDM2: snapshots)
   on_step: Callable | None = None
+  # (Experiment) -> None: checks of the run's inputs (files, other workdirs) that `jaxdiff train`
+  #   makes before writing anything; not made when a trained workdir is only loaded
+  check_inputs: Callable | None = None
 
 
 def get(name: str) -> Family:
@@ -146,6 +150,13 @@ def step_config(exp, graphdef, optimizer):
                     label_dim=exp.label_dim, batch_size=t.batch_size,
                     ema_halflife_images=t.ema_halflife_images, ema_rampup_ratio=t.ema_rampup_ratio,
                     grad_accum=t.grad_accum, augment=exp.augment, **hooks)
+
+
+def check_inputs(exp) -> None:
+  """The family's checks of a run's inputs (one-line JaxdiffErrors), if it has any."""
+  hook = of(exp).check_inputs
+  if hook is not None:
+    hook(exp)
 
 
 def compile_step(exp, step_cfg, **jit_kwargs):
