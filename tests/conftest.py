@@ -40,7 +40,8 @@ def run_cli(*argv):
 # length; the other slow-marked tests follow, then everything else in collection order.
 LONGEST_FIRST = ("test_main_job.py", "test_notebook.py", "test_edm2_workflow.py",
                  "test_portability.py", "test_fewstep_cli.py", "test_consistency_family.py",
-                 "test_compare_cli.py", "test_resume.py", "test_remat.py", "test_edm2_net.py")
+                 "test_dg_sampling.py", "test_compare_cli.py", "test_discriminator_family.py",
+                 "test_resume.py", "test_remat.py", "test_edm2_net.py")
 
 
 def pytest_collection_modifyitems(config, items):
