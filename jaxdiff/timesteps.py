@@ -161,12 +161,14 @@ def min_cost_path(C: np.ndarray, num_edges: int):
 def gits_sigmas(denoise: Callable, latents, solver: str = "ipndm", nfe: int = 8, *,
                 fine_steps: int = 100, sigma_min: float = 0.002, sigma_max: float = 80.0,
                 rho: float = 7.0, teacher_substeps: int = 4, cost: str | None = None,
-                progress: Callable | None = None):
+                progress: Callable | None = None, cache: dict | None = None):
   """GITS time steps for `solver` at `nfe` evaluations; see the module docstring.
 
   denoise(x [B, ...], sigma [B]) -> D(x; σ), latents [B, ...] ~ N(0, I) (the teacher and the
   coarse steps start from latents·σ_max). `progress` wraps the cost matrix's rows. Returns (sigmas float64 [K + 1] ending at 0, info dict
   with the fine-grid indices, the DP cost and the cost of the Karras grid's indices for reference).
+  `cache`: a dict the caller keeps for one (denoise, latents) pair; the teacher trajectory and the
+  cost matrix are computed once per fine grid and cost kind, and each further call is only the DP.
   """
   K = steps_for_nfe(solver, nfe)
   cost = cost or ("heun" if solver == "heun" else "euler")
@@ -175,9 +177,14 @@ def gits_sigmas(denoise: Callable, latents, solver: str = "ipndm", nfe: int = 8,
   if K > fine_steps:
     raise JaxdiffError(f"{K} steps need fine_steps >= {K}, got {fine_steps}")
   s = fine_grid(fine_steps, sigma_min, sigma_max, rho)
-  X, Dx = teacher_trajectory(denoise, latents, s, teacher_substeps)
-  C = cost_matrix(denoise, X, Dx, s, cost, progress)
-  path, total = min_cost_path(C, K)
+  cache = {} if cache is None else cache
+  grid_key = (int(fine_steps), float(sigma_min), float(sigma_max), float(rho), int(teacher_substeps))
+  if grid_key not in cache:
+    cache[grid_key] = teacher_trajectory(denoise, latents, s, teacher_substeps)
+  X, Dx = cache[grid_key]
+  if grid_key + (cost,) not in cache:
+    cache[grid_key + (cost,)] = cost_matrix(denoise, X, Dx, s, cost, progress)
+  path, total = min_cost_path(cache[grid_key + (cost,)], K)
   return s[path], {"method": "gits", "solver": solver, "nfe": int(nfe), "num_steps": K,
                    "cost": cost, "fine_steps": int(fine_steps), "indices": path.tolist(),
                    "dp_cost": total}

@@ -168,3 +168,23 @@ def test_progress_hook_sees_every_cost_row_and_changes_nothing():
   plain, plain_info = timesteps.gits_sigmas(GMM.denoise, lat, "ipndm", 3, fine_steps=6)
   np.testing.assert_array_equal(sig, plain)
   assert info == plain_info
+
+
+def test_a_cache_gives_the_same_grids_and_skips_the_teacher():
+  """With a cache the teacher trajectory and cost matrix are computed once; every grid is the
+  one an uncached search gives."""
+  gmm = exact.random_mixture(seed=0, dim=2, num_components=3, spread=1.0, scale=0.25)
+  calls = []
+
+  def denoise(x, sigma):
+    calls.append(1)
+    return gmm.denoise(x, sigma)
+  latents = jax.random.normal(jax.random.key(1), (16, 2))
+  cache = {}
+  for solver, nfe in (("ipndm", 4), ("dpmpp_2m", 4), ("ipndm", 6)):
+    plain, _ = timesteps.gits_sigmas(gmm.denoise, latents, solver, nfe, fine_steps=12)
+    n_before = len(calls)
+    cached, _ = timesteps.gits_sigmas(denoise, latents, solver, nfe, fine_steps=12, cache=cache)
+    np.testing.assert_array_equal(cached, plain)
+    if solver != "ipndm" or nfe != 4:
+      assert len(calls) == n_before  # only the DP ran

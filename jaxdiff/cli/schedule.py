@@ -23,7 +23,7 @@ def schedule_path(workdir: str, solver: str, nfe: int) -> str:
 
 
 def search(model, solver: str, nfe: int, num: int = 256, seed: int = 0, fine_steps: int = 100,
-           progress: bool = False):
+           progress: bool = False, cache: dict | None = None):
   """(sigmas, info) of GITS on `model` (a jaxdiff.model.Model) from `num` fixed latents; labels
   cycle over the classes of a conditional model. Pure apart from the bar."""
   import jax
@@ -52,7 +52,7 @@ def search(model, solver: str, nfe: int, num: int = 256, seed: int = 0, fine_ste
     bar = lambda rows: make_bar(rows, desc="schedule: cost rows", unit="row")  # noqa: E731
   sigmas, info = timesteps.gits_sigmas(denoise, latents, solver, nfe, fine_steps=fine_steps,
                                        sigma_min=s.sigma_min, sigma_max=s.sigma_max, rho=s.rho,
-                                       progress=bar)
+                                       progress=bar, cache=cache)
   info.update(num_latents=int(num), seed=int(seed), sigma_min=s.sigma_min, sigma_max=s.sigma_max)
   return sigmas, info
 
