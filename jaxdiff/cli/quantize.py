@@ -3,10 +3,12 @@
 Weight-only post-training quantization (qwix) of DIR's EMA denoiser: symmetric absmax integer
 weights, one scale per output channel, or per (G input channels, output channel). DIR2 is a new
 workdir that `jaxdiff sample`, `jaxdiff eval` and `jaxdiff.load` use like any other: DIR's config
-plus a `quant` record (spec, integer fraction, bytes at integer width), and one checkpoint holding
-the DEQUANTIZED weights (qvalue · scale in float32), which the float network turns into exactly
-what qwix's quantized network computes (tests/test_quant.py). The checkpoint is therefore float32
-on disk, not int8/int4: storing qwix's QArrays through orbax is not done yet.
+plus a `quant` record (spec, integer fraction, bytes at integer width); `quantized/`, an orbax item
+of qwix's integer qvalues (int8 / int4) and float32 scales, which `jaxdiff.load` restores and runs
+as the qwix network; and an ordinary checkpoint of the DEQUANTIZED weights (qvalue · scale,
+float32; the float network on them computes exactly what the qwix network computes,
+tests/test_quant.py) for code that restores checkpoints directly. That float copy means DIR2 is not
+smaller on disk than DIR yet; dropping it needs every restore path to go through jaxdiff.load.
 """
 
 
@@ -20,7 +22,7 @@ def add_arguments(parser):
 
 
 def quantize_workdir(workdir: str, spec, progress: bool = False):
-  """(Experiment, graphdef, dequantized EMA weights, summary dict) of `workdir`'s EMA denoiser
+  """(Experiment, graphdef, dequantized EMA weights, qwix qparams, summary dict) of `workdir`'s EMA denoiser
   quantized by `spec` (a QuantSpec). Raises JaxdiffError without a checkpoint or for a group size
   that does not divide some layer's input channels."""
   from jaxdiff import quant
@@ -42,8 +44,9 @@ def quantize_workdir(workdir: str, spec, progress: bool = False):
   summary = dict(workdir=workdir, **spec.to_dict(), name=spec.name,
                  integer_fraction=quant.integer_fraction(qparams),
                  bytes_quantized=quant.param_bytes(qparams),
-                 bytes_float=quant.param_bytes(model.params), stored="dequantized float32")
-  return exp, model.graphdef, weights, summary
+                 bytes_float=quant.param_bytes(model.params),
+                 stored="integer qvalues + scales in quantized/; dequantized float32 checkpoint")
+  return exp, model.graphdef, weights, qparams, summary
 
 
 def run(args, extra):
@@ -57,7 +60,7 @@ def run(args, extra):
   spec = QuantSpec(bits=args.bits, group_size=args.group_size)
   check_out(args.out, args.workdir)
   cfg_dict = ckpt_lib.read_config_dict(args.workdir)
-  exp, _, weights, summary = quantize_workdir(args.workdir, spec, progress=True)
+  exp, _, weights, qparams, summary = quantize_workdir(args.workdir, spec, progress=True)
   cfg_dict["quant"] = {k: summary[k] for k in ("bits", "group_size", "activations", "name",
                                                "integer_fraction", "bytes_quantized",
                                                "bytes_float", "stored", "workdir")}
@@ -68,10 +71,12 @@ def run(args, extra):
   ckpt_lib.save(mngr, 0, state, {"step": 0, "quant": cfg_dict["quant"]})
   mngr.wait_until_finished()
   mngr.close()
+  from jaxdiff.quant import store
+  store.save_quantized(args.out, qparams)  # what jaxdiff.load restores (integer weights)
   summary["out"] = args.out
   print(f"jaxdiff quantize: {spec.name} ({summary['integer_fraction']:.1%} of weights integer, "
         f"{summary['bytes_quantized']:,} bytes at integer width vs {summary['bytes_float']:,}) "
-        f"-> {args.out} (stored dequantized, float32)", file=sys.stderr)
+        f"-> {args.out}", file=sys.stderr)
   if args.json:
     print(json.dumps(summary))
   return 0
