@@ -176,8 +176,22 @@ def load(workdir: str, ema: bool = True, step: int | None = None) -> Model:
   from jaxdiff.train import checkpoint as ckpt_lib
   exp = build.workdir_experiment(workdir)
   graphdef, abstract_params = families.abstract_network(exp)
+  quantized = _load_quantized(workdir, exp, graphdef, abstract_params)  # `jaxdiff quantize` output
+  if quantized is not None:
+    return Model(exp, *quantized)
   # Only the weights (orbax partial restore): no optimizer, no Adam moments, any device count.
   params = ckpt_lib.restore_weights(workdir, abstract_params, "ema" if ema else "params", step)
   if params is None:
     raise JaxdiffError(f"{workdir!r} has no checkpoint yet; train first with `jaxdiff train`")
   return Model(exp, graphdef, params)
+
+
+def _load_quantized(workdir, exp, graphdef, abstract_params):
+  """(qgraphdef, integer qparams) of a workdir `jaxdiff quantize` wrote (its config.json has a
+  `quant` record), else None. The qwix network runs wherever a graphdef / params pair does."""
+  from jaxdiff.quant import store
+  from jaxdiff.train import checkpoint as ckpt_lib
+  spec = store.spec_of(ckpt_lib.read_config_dict(workdir))
+  if spec is None:
+    return None
+  return store.load_quantized(workdir, exp, graphdef, abstract_params, spec)
