@@ -48,10 +48,12 @@ def test_training_images_and_best_solver_per_nfe():
   imgs = fs.training_images({"teacher": dict(steps=10, batch_size=64), "ct": dict(steps=3, batch_size=8),
                              "tune": dict(steps=2, batch_size=8), "distill": dict(steps=1, batch_size=8)})
   assert imgs == {"teacher": 640, "ct": 24, "tune": 656, "distill": 648}
-  rows = [dict(model="teacher", grid="edm", nfe=4, solver=s, svc_accuracy=a, fdd=1.0)
-          for s, a in (("heun", 0.5), ("ipndm", 0.8), ("unipc", 0.7))]
-  best = fs.best_per_nfe(rows)
-  assert best[("teacher", "edm")][4]["solver"] == "ipndm"
+  rows = [dict(model="teacher", grid="edm", nfe=n, solver=s, svc_accuracy=a, fdd=f)
+          for s, a, f, n in (("heun", 0.5, 3.0, 4), ("ipndm", 0.8, 2.0, 4), ("unipc", 0.7, 1.0, 4),
+                             ("heun", 0.9, 0.1, 3))]
+  assert fs.best_per_nfe(rows)[("teacher", "edm")][4]["solver"] == "unipc"  # lowest FDD
+  assert fs.best_per_nfe(rows, by="svc_accuracy")[("teacher", "edm")][4]["solver"] == "ipndm"
+  assert 3 not in fs.best_per_nfe(rows)[("teacher", "edm")]  # Heun's 3 NFE is not a budget
 
 
 def test_plot_writes_a_png(tmp_path):
