@@ -75,10 +75,7 @@ def run(args, extra):
   ckpt_lib.check_or_write_config(args.out, json.dumps(cfg_dict))
   state = families.train_state(exp, weights)  # params and every EMA: the reconstruction
   step = summary["images"] // exp.training.batch_size
-  mngr = ckpt_lib.manager(args.out, keep=1, async_save=False)
-  ckpt_lib.save(mngr, step, state, {"step": step, "phema": summary})
-  mngr.wait_until_finished()
-  mngr.close()
+  ckpt_lib.save_only(args.out, step, state, {"step": step, "phema": summary})
   summary["out"] = args.out
   print(f"jaxdiff phema: σ_rel {args.std:g} at {summary['images']:,} images from "
         f"{summary['snapshots']} snapshots (profile error {summary['profile_error']:.2e}) -> "

@@ -67,10 +67,7 @@ def run(args, extra):
   ckpt_lib.ensure_writable(args.out)
   ckpt_lib.check_or_write_config(args.out, json.dumps(cfg_dict))
   state = families.train_state(exp, weights)  # params and every EMA: the quantized weights
-  mngr = ckpt_lib.manager(args.out, keep=1, async_save=False)
-  ckpt_lib.save(mngr, 0, state, {"step": 0, "quant": cfg_dict["quant"]})
-  mngr.wait_until_finished()
-  mngr.close()
+  ckpt_lib.save_only(args.out, 0, state, {"step": 0, "quant": cfg_dict["quant"]})
   from jaxdiff.quant import store
   store.save_quantized(args.out, qparams)  # what jaxdiff.load restores (integer weights)
   summary["out"] = args.out

@@ -140,6 +140,17 @@ def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
                                           meta=ocp.args.JsonSave(meta)))
 
 
+def save_only(workdir: str, step: int, state, meta: dict) -> None:
+  """A workdir's one checkpoint, written and finished before returning (commands that make a
+  workdir from another: phema, quantize)."""
+  mngr = manager(workdir, keep=1, async_save=False)
+  try:
+    save(mngr, step, state, meta)
+    mngr.wait_until_finished()
+  finally:
+    mngr.close()
+
+
 def _current_layout(abstract, default=None):
   """ShapeDtypeStructs that all carry a sharding of this process's devices.
 
