@@ -116,7 +116,9 @@ def test_builder_and_bad_boundaries():
 def test_info_per_stage_gflops_and_nfe_weighting():
   from jaxdiff.multistage.info import multistage_info
   from jaxdiff import build
-  cfg = load_config("configs/digits_multistage.py")
+  # The EDM sampler, set here (the digits configs sample with iPNDM by default).
+  cfg = load_config("configs/digits_multistage.py",
+                    ["--config.sampler.solver=heun", "--config.sampler.num_steps=18"])
   info = multistage_info(build.experiment(cfg))
   g = info["gflops_per_stage"]
   assert len(g) == 3 and g[0] > g[1] > g[2] > 0  # decoders 48 / 32 / 8 channels
