@@ -58,18 +58,9 @@ def search(model, solver: str, nfe: int, num: int = 256, seed: int = 0, fine_ste
 
 
 def write(path: str, sigmas, info: dict) -> None:
-  """timesteps.save_schedule's file, written atomically (never half a schedule)."""
-  import os
-
+  """The schedule file (timesteps.save_schedule writes it atomically: never half a schedule)."""
   from jaxdiff import timesteps
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.{os.getpid()}.tmp"
-  try:
-    timesteps.save_schedule(tmp, sigmas, info)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  timesteps.save_schedule(path, sigmas, info)
 
 
 def run(args, extra):
