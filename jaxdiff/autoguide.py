@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 
 from jaxdiff import sampling
 from jaxdiff.denoiser import make_denoiser
@@ -75,9 +74,7 @@ class GuidedModel(Model):
   def denoise(self, x, sigma, labels=None, guidance: float | None = None):
     """The autoguided D(x; σ) with weight `guidance` (default sampler.guidance)."""
     w = self.exp.sampling.guidance if guidance is None else guidance
-    x = jnp.asarray(x, jnp.float32)
-    sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32).reshape(-1), (x.shape[0],))
-    class_labels = self._one_hot(labels, x.shape[0])
+    x, sigma, class_labels = self._denoise_inputs(x, sigma, labels)
     return _guided_denoise(self.graphdef, self.precond, self.guide.graphdef, self.guide.precond,
                            float(w), self.params, self.guide.params, x, sigma, class_labels)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 
 from jaxdiff import dg, sampling
 from jaxdiff.denoiser import make_denoiser
@@ -91,9 +90,7 @@ class DGModel(Model):
   def denoise(self, x, sigma, labels=None, guidance: float | None = None):
     """The guided D'(x; σ) (classifier-free weight `guidance`, default sampler.guidance)."""
     g = self.exp.sampling.guidance if guidance is None else guidance
-    x = jnp.asarray(x, jnp.float32)
-    sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32).reshape(-1), (x.shape[0],))
-    class_labels = self._one_hot(labels, x.shape[0])
+    x, sigma, class_labels = self._denoise_inputs(x, sigma, labels)
     return _dg_denoise(self.graphdef, self.precond, self.disc.graphdef, self.d_loss,
                        self.label_dim, float(g), self.w, self.sigma_range, self.params,
                        self.disc.params, x, sigma, class_labels)

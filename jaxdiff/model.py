@@ -79,10 +79,14 @@ class Model:
 
   def denoise(self, x, sigma, labels=None):
     """D(x; σ): x [B, H, W, C] float32, sigma [B], labels [B] int (class-conditional models)."""
+    x, sigma, class_labels = self._denoise_inputs(x, sigma, labels)
+    return _denoise_jit(self.graphdef, self.precond, self.params, x, sigma, class_labels)
+
+  def _denoise_inputs(self, x, sigma, labels):
+    """(x float32, σ broadcast to [B], one-hot labels or None): what every `denoise` takes."""
     x = jnp.asarray(x, jnp.float32)
     sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32).reshape(-1), (x.shape[0],))
-    class_labels = self._one_hot(labels, x.shape[0])
-    return _denoise_jit(self.graphdef, self.precond, self.params, x, sigma, class_labels)
+    return x, sigma, self._one_hot(labels, x.shape[0])
 
   def _one_hot(self, labels, n):
     if not self.label_dim:
