@@ -174,22 +174,38 @@ def test_autoguidance_cli_and_refusal(runs, capsys, tmp_path):
       4, steps=3, guidance=2.0)
   with np.load(out) as f:
     np.testing.assert_array_equal(f["images"], want)
-  # A guide of another label count (an untrained unconditional network suffices): refused.
-  other = str(tmp_path / "uncond")
-  cfg = _cfg(STEPS, "--config.data.num_classes=0")
-  exp = build.experiment(cfg)
-  _, params = families.make_network(exp)
-  from jaxdiff.config import to_json
-  ckpt_lib.ensure_writable(other)
-  ckpt_lib.check_or_write_config(other, to_json(cfg))
-  mngr = ckpt_lib.manager(other, async_save=False)
-  ckpt_lib.save(mngr, 0, families.train_state(exp, params), {"step": 0})
-  mngr.wait_until_finished()
-  mngr.close()
+  # An unconditional guide (an untrained network suffices): CFG the EDM2 way, guide without labels.
+  uncond = _untrained_workdir(tmp_path / "uncond", "--config.data.num_classes=0")
+  guided = jaxdiff.load(runs["straight"]).with_guide(jaxdiff.load(uncond))
+  x = np.asarray(jax.random.normal(jax.random.key(1), (3, 8, 8, 1)))
+  sigma, labels = np.array([0.2, 2.0, 20.0]), np.array([1, 4, 7])
+  d_main = np.asarray(jaxdiff.load(runs["straight"]).denoise(x, sigma, labels))
+  d_unc = np.asarray(jaxdiff.load(uncond).denoise(x, sigma))
+  np.testing.assert_allclose(np.asarray(guided.denoise(x, sigma, labels, guidance=1.5)),
+                             d_unc + 1.5 * (d_main - d_unc), rtol=1e-5, atol=1e-5)
+  assert cli_main(["sample", "--workdir", runs["straight"], "--guide", uncond, "--guidance", "1.5",
+                   "--num", "2", "--steps", "3", "--out", str(tmp_path / "cfg.npz")]) == 0
+  # A guide of another label count: refused, nothing written.
+  other = _untrained_workdir(tmp_path / "five", "--config.data.num_classes=5")
   out2 = str(tmp_path / "never.npz")
   assert "label count" in _refused(capsys, ["sample", "--workdir", runs["straight"], "--guide",
                                             other, "--guidance", "2", "--num", "4", "--out", out2])
   assert not os.path.exists(out2)
+
+
+def _untrained_workdir(path, override):
+  """A workdir holding the initial weights of the digits EDM2 config with `override`."""
+  from jaxdiff.config import to_json
+  other = str(path)
+  cfg = _cfg(STEPS, override)
+  _, params = families.make_network(build.experiment(cfg))
+  ckpt_lib.ensure_writable(other)
+  ckpt_lib.check_or_write_config(other, to_json(cfg))
+  mngr = ckpt_lib.manager(other, async_save=False)
+  ckpt_lib.save(mngr, 0, families.train_state(build.experiment(cfg), params), {"step": 0})
+  mngr.wait_until_finished()
+  mngr.close()
+  return other
 
 
 @pytest.mark.parametrize("override,what", [("--config.data.resolution=16", "resolution"),

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import fake_devices_env
+
 from jaxdiff.eval.features import data_mesh, extract_features, inception_features
 
 
@@ -58,8 +60,7 @@ def test_sharded_over_two_host_devices():
     assert len(seen) == 1 and seen[0][0] == 4 and "@data" in seen[0][1], seen
     print("ok")
   """)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
+  env = fake_devices_env(2)
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        cwd=os.path.dirname(os.path.dirname(__file__)), timeout=120)
   assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]

@@ -17,7 +17,8 @@ from digits_quality import real_digits_classifier, sample_accuracy  # noqa: E402
 @pytest.mark.slow
 def test_digits_train_sample_quality(tmp_path):
   workdir = tmp_path / "digits"
-  code, out, err = run_cli("train", "--config", DIGITS, "--workdir", str(workdir), "--json")
+  code, out, err = run_cli("train", "--config", DIGITS, "--workdir", str(workdir), "--json",
+                           optimized=True)
   assert code == 0, err[-2000:]
   summary = json.loads(out)
   assert summary["steps"] > 0 and np.isfinite(summary["final_loss"])
@@ -26,7 +27,7 @@ def test_digits_train_sample_quality(tmp_path):
 
   samples = tmp_path / "s.npz"
   code, _, err = run_cli("sample", "--workdir", str(workdir), "--num", "1000", "--out",
-                         str(samples), "--grid", str(tmp_path / "s.png"))
+                         str(samples), "--grid", str(tmp_path / "s.png"), optimized=True)
   assert code == 0, err[-2000:]
   data = np.load(samples)
   assert data["images"].shape == (1000, 8, 8, 1)

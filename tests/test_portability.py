@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import DIGITS, ROOT, TINY
+from conftest import DIGITS, ROOT, TINY, fake_devices_env
 
 OVERRIDES = TINY + ["--config.training.checkpoint_every=2"]  # 4 steps, checkpoints at 2 and 4
 
@@ -47,8 +47,7 @@ for action in actions:
 
 
 def _run(devices, *actions):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu")
+  env = fake_devices_env(devices)
   proc = subprocess.run([sys.executable, "-c", _WORKER, str(devices), ",".join(actions), DIGITS,
                          *OVERRIDES], env=env, cwd=ROOT, capture_output=True, text=True,
                         timeout=900)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from conftest import DIGITS, ROOT, TINY
+from conftest import DIGITS, ROOT, TINY, fake_devices_env
 from jaxdiff.train.sharding import fsdp_spec, wants_distributed
 
 # Trains the tiny digits config through the real loop, then samples its EMA; run in a subprocess
@@ -33,8 +33,7 @@ np.savez(out, images=images, losses=np.array([l for _, l in summary["loss_histor
 
 
 def _run(tmp_path, name, devices, extra=()):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu")
+  env = fake_devices_env(devices)
   out = tmp_path / f"{name}.npz"
   overrides = TINY + ["--config.training.steps=3", "--config.training.checkpoint_every=3"]
   proc = subprocess.run([sys.executable, "-c", _WORKER, DIGITS, str(tmp_path / name), str(out),

@@ -60,7 +60,8 @@ def add_guidance_arguments(parser):
   g = parser.add_argument_group("guidance")
   g.add_argument("--guide", default=None,
                  help="autoguidance: a second workdir of the same data (a smaller and/or "
-                      "shorter-trained model); D = D_guide + W·(D − D_guide)")
+                      "shorter-trained model; an unconditional one is EDM2's classifier-free "
+                      "guidance); D = D_guide + W·(D − D_guide)")
   g.add_argument("--guidance", type=float, default=None,
                  help="the weight W: of autoguidance with --guide, else classifier-free "
                       "(default: the config's sampler.guidance)")
