@@ -156,7 +156,7 @@ def _mean_std(rows, key):
 
 
 def table(res) -> str:
-  lines = [f"1,000 samples per cell (sampling seed {res['sample_seed']}), mean ± std over "
+  lines = [f"{res['num']:,} samples per cell (sampling seed {res['sample_seed']}), mean ± std over "
            f"{len({r['seed'] for r in res['recipe']})} training seeds; SVC accuracy of real "
            f"held-out digits {res['real_accuracy']:.3f}.", "",
            "| row | sampler (network evaluations) | SVC accuracy | FDD |", "|---|---|---|---|"]
