@@ -27,7 +27,7 @@ BASE's settings. Commands run in this process through `jaxdiff.cli.main` (exactl
 commands; one process, so compiled programs are shared); finished trainings resume as no-ops and
 existing sample files are reused, so an interrupted run continues.
 
---dry-run prints the commands and runs nothing. --tiny shrinks everything (one seed, one W, tiny
+--dry-run prints the commands (each training's config built, so its errors show) and runs nothing. --tiny shrinks everything (one seed, one W, tiny
 networks, 2-step trainings, 20 samples): the end-to-end test (tests/test_bench_adversarial.py).
 
 Runtime estimate: not measured on an idle machine. Extrapolated from the base's own 1,600-step
@@ -130,6 +130,14 @@ def plan(args) -> list[dict]:
       out.append(sample(wd, f"{kind}-s{s}", group="finetune", model=kind, seed=s,
                         weight=float(lam)))
   return out
+
+
+def validate(argv) -> None:
+  """Builds a `jaxdiff train` command's config (its one-line errors) without touching any file."""
+  from jaxdiff import build
+  from jaxdiff.config import load_config
+  config = argv[argv.index("--config") + 1]
+  build.experiment(load_config(config, [a for a in argv if a.startswith("--config.")]))
 
 
 def _cli(argv) -> tuple[int, str]:
@@ -275,9 +283,12 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   if args.tiny:
     args.seeds, args.dg_weights = args.seeds[:1], args.dg_weights[:1]
-    args.num, args.gen_num = min(args.num, 20), min(args.gen_num, 40)
+    # one sample count for the base's two sampling runs: one compiled sampler
+    args.num = args.gen_num = min(args.num, 20)
   if args.dry_run:
     for cmd in plan(args):
+      if cmd["kind"] == "train":
+        validate(cmd["argv"])
       print("jaxdiff " + " ".join(cmd["argv"]))
     return 0
   summary = run(args)

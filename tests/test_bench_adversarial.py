@@ -58,6 +58,7 @@ def test_tiny_run_end_to_end(tmp_path, base):
   for c in summary["cells"]:
     assert 0 <= c["svc"] <= 1 and 0 <= c["accuracy"] <= 1 and np.isfinite(c["fdd"]), c
     assert c["nfe"] == 3 and c["num"] == 20
+  assert summary["dg_weights"] == [0.5] and summary["seeds"] == [0]
   ft = [c for c in summary["cells"] if c["group"] == "finetune"]
   assert {c["extra_images"] for c in ft} == {2 * 16}   # equal extra training images
   assert "| finetune | adversarial |" in open(md).read()
