@@ -20,7 +20,9 @@ CKPT_DIR = "checkpoints"
 # Config sections whose change makes old weights mean something else (or not fit).
 _WEIGHT_DEFINING = ("model", "data.resolution", "data.channels", "data.num_classes", "precond",
                     # a consistency model's weights mean f, with its boundary at sigma_min
-                    "consistency.mode", "consistency.sigma_min", "consistency.sigma_max")
+                    "consistency.mode", "consistency.sigma_min", "consistency.sigma_max",
+                    # the adversarial family's discriminator, checkpointed in TrainState.aux
+                    "adversarial.disc")
 # Keys inside those sections that change how the step computes, not what the weights mean.
 _COMPUTE_ONLY = ("remat",)
 
