@@ -30,11 +30,13 @@ existing sample files are reused, so an interrupted run continues.
 --dry-run prints the commands (each training's config built, so its errors show) and runs nothing. --tiny shrinks everything (one seed, one W, tiny
 networks, 2-step trainings, 20 samples): the end-to-end test (tests/test_bench_adversarial.py).
 
-Runtime estimate: not measured on an idle machine. Extrapolated from the base's own 1,600-step
-training (390 s on the shared CPU) and the tiny run: each 800-step fine-tuning step costs about
-2.5 plain steps (two denoiser passes, two discriminator passes, the R1 double backward), so the six
-fine-tunings take about 6 × 800 × 0.6 s ≈ 50 min, the three 2,000-step discriminators about 10 min,
-the 19 sampling runs and evaluations a few minutes: about 1 to 1.5 hours in all.
+Runtime estimate (not measured on an idle machine): at full size, one fine-tuning step took about
+1.2 s on the shared, loaded 2-core CPU (a 6-step check after a 67 s compile; the base's own plain
+steps ran at 0.24 s there at a quieter time). So the three λ > 0 runs (800 steps) take about
+50 min there; the λ = 0 controls skip the discriminator step, about a third of that; the three
+2,000-step discriminators (batch 128, the smaller network) and the 20 sampling and evaluation runs
+add perhaps 20 to 30 min: about 1.5 hours on that CPU, less on an idle machine. The --tiny run
+(tests/test_bench_adversarial.py) took 56 s with a warm compile cache, 225 s cold, on that CPU.
 """
 
 from __future__ import annotations

@@ -25,8 +25,9 @@ real images with the denoiser's outputs x_fake = D_θ(y + σn; σ) (σ from the 
 same forward pass as the denoising loss), both diffused again to a log-uniform σ' (Diffusion-GAN's
 instance noise). The R1 gradient is taken with respect to that noisy input.
 
-With λ = 0 the denoiser's update is the plain family's, bit for bit (the same keys): the bench's
-control, "the base continued with the plain loss", is this config with `adversarial.weight=0`.
+With λ = 0 the denoiser's update is the plain family's, bit for bit (the same keys), and the
+discriminator, which could not affect it, is not trained: the bench's control, "the base continued
+with the plain loss", is this config with `adversarial.weight=0`.
 """
 
 from __future__ import annotations
@@ -152,12 +153,14 @@ def adversarial_family_loss(spec: AdversarialSpec, disc_graphdef):
     cond = dict(class_labels=class_labels)
     if aug_labels is not None:
       cond["augment_labels"] = aug_labels
-    # 1. D step on the whole batch; its fakes from the current denoiser, held fixed.
-    k_sample, k_drop, k_disc = jax.random.split(jax.random.fold_in(key, _D_STREAM), 3)
-    fake, _ = _denoise_and_loss(cfg, state.params, k_sample, k_drop, images, cond)
-    aux, d_metrics = disc_update(spec, disc_graphdef, state.aux, k_disc, images,
-                                 jax.lax.stop_gradient(fake), class_labels)
-    disc_params = jax.lax.stop_gradient(aux["params"])
+    aux, d_metrics = None, {}
+    if spec.weight:  # λ = 0 (the control): D never reaches the denoiser, so it is not trained
+      # 1. D step on the whole batch; its fakes from the current denoiser, held fixed.
+      k_sample, k_drop, k_disc = jax.random.split(jax.random.fold_in(key, _D_STREAM), 3)
+      fake, _ = _denoise_and_loss(cfg, state.params, k_sample, k_drop, images, cond)
+      aux, d_metrics = disc_update(spec, disc_graphdef, state.aux, k_disc, images,
+                                   jax.lax.stop_gradient(fake), class_labels)
+      disc_params = jax.lax.stop_gradient(aux["params"])
 
     # 2. G: the plain loss's draws (as plain.denoising_loss) plus λ·L_G on the same outputs.
     def loss_fn(params, m, images, class_labels, aug_labels):
@@ -197,14 +200,12 @@ def make_spec(network, loss, batch_size, section: dict) -> AdversarialSpec:
   weight, gamma = float(section.get("weight", 0.01)), float(section.get("r1_gamma", 0.02))
   if weight < 0 or gamma < 0:
     raise JaxdiffError(f"adversarial.weight={weight}, r1_gamma={gamma}: both must be >= 0")
-  disc = dict(section.get("disc") or {})
-  disc.pop("arch", None)
-  disc_net = NetworkSpec(arch="discriminator",
-                         options=tuple(sorted(dict(disc, arch="discriminator").items())),
+  # The discriminator's model options, hashable (lists as tuples), its input the denoiser's.
+  disc = {k: tuple(v) if isinstance(v, list) else v for k, v in (section.get("disc") or {}).items()}
+  disc["arch"] = "discriminator"
+  disc_net = NetworkSpec(arch="discriminator", options=tuple(sorted(disc.items())),
                          img_resolution=network.img_resolution,
                          img_channels=network.img_channels, label_dim=network.label_dim)
-  disc_net = dataclasses.replace(disc_net, options=tuple(
-      (k, tuple(v) if isinstance(v, list) else v) for k, v in disc_net.options))
   d_loss = DiscriminatorLoss(sigma_min=lo, sigma_max=hi,
                              sigma_data=float(getattr(loss, "sigma_data", 0.5)))
   return AdversarialSpec(init=init, weight=weight, r1_gamma=gamma, disc_net=disc_net,
