@@ -183,3 +183,39 @@ def test_finetuned_workdir_loads_samples_resumes_and_bad_inputs_are_refused(tmp_
     assert msg in lines[-1] and len(lines) == 1, err
   assert _tree_files(ft) == before        # nothing written over
   assert not os.path.exists(fresh)        # nothing created
+
+
+def test_checkpoints_without_aux_keep_their_layout_and_with_aux_restore_it(tmp_path):
+  """TrainState.aux = None is saved as the tree checkpoints had before aux existed (an older
+  checkpoint, written here as that plain dict, restores); a state with aux restores its aux."""
+  import optax
+  import orbax.checkpoint as ocp
+
+  from jaxdiff.train import checkpoint as ckpt_lib
+  from jaxdiff.train.state import init_state
+  opt = optax.adam(1e-3)
+  state = init_state({"w": jnp.arange(3.0)}, opt, seed=0)
+  old = {k: getattr(state, k) for k in ("step", "params", "ema", "opt_state", "rng", "extra_emas")}
+  mngr = ckpt_lib.manager(str(tmp_path / "old"), async_save=False)
+  mngr.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(old),
+                                       meta=ocp.args.JsonSave({"step": 1})))
+  mngr.wait_until_finished()
+  abstract = jax.eval_shape(lambda: state)
+  restored, _ = ckpt_lib.restore(mngr, abstract)
+  assert restored.aux is None
+  chex.assert_trees_all_equal(restored.params, state.params)
+  mngr.close()
+
+  with_aux = state.replace(aux={"params": {"v": jnp.full((2,), 7.0)}, "n": jnp.int32(3)})
+  mngr = ckpt_lib.manager(str(tmp_path / "new"), async_save=False)
+  ckpt_lib.save(mngr, 2, with_aux, {"step": 2})
+  mngr.wait_until_finished()
+  back, _ = ckpt_lib.restore(mngr, jax.eval_shape(lambda: with_aux))
+  chex.assert_trees_all_equal(back.aux, with_aux.aux)
+  # and aux = None writes no aux entry: the old layout exactly
+  ckpt_lib.save(mngr, 3, state, {"step": 3})
+  mngr.wait_until_finished()
+  meta = lambda step: open(os.path.join(str(tmp_path / "new"), "checkpoints", str(step),  # noqa: E731
+                                        "state", "_METADATA")).read()
+  assert '"aux"' in meta(2) and '"aux"' not in meta(3)
+  mngr.close()
