@@ -27,8 +27,9 @@ BASE's settings. Commands run in this process through `jaxdiff.cli.main` (exactl
 commands; one process, so compiled programs are shared); finished trainings resume as no-ops and
 existing sample files are reused, so an interrupted run continues.
 
---dry-run prints the commands (each training's config built, so its errors show) and runs nothing. --tiny shrinks everything (one seed, one W, tiny
-networks, 2-step trainings, 20 samples): the end-to-end test (tests/test_bench_adversarial.py).
+--dry-run prints the commands (each training's config built, so its errors show) and runs
+nothing. --tiny shrinks everything (one seed, one W, tiny networks, 2-step trainings, 20
+samples): the end-to-end test (tests/test_bench_adversarial.py).
 
 Runtime estimate (not measured on an idle machine): at full size, one fine-tuning step took about
 1.2 s on the shared, loaded 2-core CPU (a 6-step check after a 67 s compile; the base's own plain

@@ -20,8 +20,9 @@ from jaxdiff.families.plain import denoising_loss
 from jaxdiff.train.step import train_step
 
 ADV = os.path.join(ROOT, "configs", "digits_adversarial.py")
-ATINY = ["--config.adversarial.disc.model_channels=8", "--config.adversarial.disc.channel_mult=(1,)",
-         "--config.adversarial.weight=0.5", "--config.adversarial.r1_gamma=0.3"]
+ATINY = ["--config.adversarial.disc.model_channels=8",
+         "--config.adversarial.disc.channel_mult=(1,)", "--config.adversarial.weight=0.5",
+         "--config.adversarial.r1_gamma=0.3"]
 
 
 def _softplus64(x):
@@ -158,7 +159,8 @@ def test_finetuned_workdir_loads_samples_resumes_and_bad_inputs_are_refused(tmp_
   import jaxdiff
   base, ft = str(tmp_path / "base"), str(tmp_path / "ft")
   train(load_config(DIGITS, TINY + ["--config.training.steps=2"]), base)
-  cfg = lambda *e: load_config(ADV, TINY + ATINY + [f"--config.adversarial.init={base}", *e])  # noqa: E731
+  def cfg(*extra):
+    return load_config(ADV, TINY + ATINY + [f"--config.adversarial.init={base}", *extra])
   summary = train(cfg("--config.training.steps=2"), ft)
   assert summary["steps"] == 2 and np.isfinite(summary["final_loss"])
   # the fine-tuned workdir is an ordinary one: its EMA starts from the base's and moved
@@ -215,7 +217,9 @@ def test_checkpoints_without_aux_keep_their_layout_and_with_aux_restore_it(tmp_p
   # and aux = None writes no aux entry: the old layout exactly
   ckpt_lib.save(mngr, 3, state, {"step": 3})
   mngr.wait_until_finished()
-  meta = lambda step: open(os.path.join(str(tmp_path / "new"), "checkpoints", str(step),  # noqa: E731
-                                        "state", "_METADATA")).read()
+  def meta(step):
+    with open(os.path.join(str(tmp_path / "new"), "checkpoints", str(step), "state",
+                           "_METADATA")) as f:
+      return f.read()
   assert '"aux"' in meta(2) and '"aux"' not in meta(3)
   mngr.close()
