@@ -21,6 +21,7 @@ from flax import nnx
 # name -> module defining FAMILY; the order is the lookup order of `for_arch`.
 FAMILIES = {
     "consistency": "jaxdiff.families.consistency",
+    "adversarial": "jaxdiff.families.adversarial",
     "multistage": "jaxdiff.families.multistage",
     "edm2": "jaxdiff.families.edm2",
     "discriminator": "jaxdiff.families.discriminator",
@@ -72,6 +73,9 @@ class Family:
   # (Experiment) -> None: checks of the run's inputs (files, other workdirs) that `jaxdiff train`
   #   makes before writing anything; not made when a trained workdir is only loaded
   check_inputs: Callable | None = None
+  # (Experiment, seed) -> the TrainState.aux a fresh run starts with (a second network and its
+  #   optimizer state, say), updated by the family's loss through StepParts.aux; None: no aux
+  init_aux: Callable | None = None
 
 
 def get(name: str) -> Family:
@@ -127,7 +131,9 @@ def train_state(exp, params, optimizer=None, seed: int | None = None):
   from jaxdiff.train.state import init_state
   optimizer = make_optimizer(exp) if optimizer is None else optimizer
   seed = exp.training.seed if seed is None else seed
-  return init_state(params, optimizer, seed, num_emas(exp))
+  state = init_state(params, optimizer, seed, num_emas(exp))
+  hook = of(exp).init_aux
+  return state if hook is None else state.replace(aux=hook(exp, seed))
 
 
 def num_emas(exp) -> int:

@@ -20,7 +20,9 @@ CKPT_DIR = "checkpoints"
 # Config sections whose change makes old weights mean something else (or not fit).
 _WEIGHT_DEFINING = ("model", "data.resolution", "data.channels", "data.num_classes", "precond",
                     # a consistency model's weights mean f, with its boundary at sigma_min
-                    "consistency.mode", "consistency.sigma_min", "consistency.sigma_max")
+                    "consistency.mode", "consistency.sigma_min", "consistency.sigma_max",
+                    # the adversarial family's discriminator, checkpointed in TrainState.aux
+                    "adversarial.disc")
 # Keys inside those sections that change how the step computes, not what the weights mean.
 _COMPUTE_ONLY = ("remat",)
 
@@ -134,9 +136,19 @@ def _checksum_jit():
   return jax.jit(lambda p, e, o: [_sum_abs(p), _sum_abs(e), _sum_abs(o)])
 
 
+def _on_disk(state):
+  """The tree a TrainState is saved as / restored into: without its `aux` field when that is None
+  (every family but the adversarial one), so such checkpoints keep the layout they had before
+  TrainState.aux existed and older ones restore."""
+  if getattr(state, "aux", 0) is not None:
+    return state
+  import dataclasses
+  return {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if f.name != "aux"}
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
   meta = dict(meta, checksum=checksum(state))
-  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_on_disk(state)),
                                           meta=ocp.args.JsonSave(meta)))
 
 
@@ -169,9 +181,11 @@ def _current_layout(abstract, default=None):
 
 def _restore_one(mngr, abstract_state, step):
   restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(_current_layout(abstract_state)),
+      state=ocp.args.StandardRestore(_current_layout(_on_disk(abstract_state))),
       meta=ocp.args.JsonRestore()))
   state, meta = restored["state"], restored["meta"]
+  if isinstance(state, dict):  # saved without aux (see _on_disk)
+    state = abstract_state.replace(**state)
   if meta and "checksum" in meta:
     import numpy as np
     got = checksum(state)

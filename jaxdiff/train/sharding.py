@@ -91,7 +91,8 @@ def state_sharding(state, mesh: Mesh, fsdp: bool = False):
   split = lambda tree: jax.tree.map(leaf, tree)  # noqa: E731
   return state.replace(step=rep, rng=rep, params=split(state.params), ema=split(state.ema),
                        opt_state=split(state.opt_state),
-                       extra_emas=tuple(split(e) for e in state.extra_emas))
+                       extra_emas=tuple(split(e) for e in state.extra_emas),
+                       aux=jax.tree.map(lambda _: rep, state.aux))  # a family's small extras
 
 
 def with_sharding(abstract, shardings):

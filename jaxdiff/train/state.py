@@ -17,6 +17,8 @@ class TrainState:
   opt_state: Any        # optax state
   rng: jax.Array        # base PRNG key (uint32[2]); step keys are fold_in(rng, step), so no RNG drifts
   extra_emas: tuple = ()  # EMAs for the further half-lives of training.ema_halflife_images
+  aux: Any = None         # a family's own state beside the network's (e.g. the adversarial
+                          #   family's discriminator and its optimizer); None for most
 
 
 def halflives(value) -> tuple:

@@ -52,6 +52,8 @@ class StepParts(NamedTuple):
   inputs: tuple                # per-example arrays [B, ...] (or None), split into micro-batches
   keep: Callable | None = None  # (new, old) -> tree: the leaves this step may change (None: all)
   metrics: dict = {}           # extra metrics of the step (e.g. the multi-stage stage)
+  aux: Any = None              # the family's new TrainState.aux after this step (None: unchanged);
+                               #   e.g. a second network the family updated before this loss
 
 
 def _micro_batches(x, n: int):
@@ -137,4 +139,6 @@ def train_step(cfg: StepConfig, family_loss: Callable, state: TrainState,
   loss, grads = mean_value_and_grad(jax.value_and_grad(parts.loss_fn), state.params, parts.inputs,
                                     cfg.grad_accum)
   new_state, metrics = apply_update(cfg, state, grads, keep=parts.keep)
+  if parts.aux is not None:
+    new_state = new_state.replace(aux=parts.aux)
   return new_state, dict(loss=loss, **metrics, **parts.metrics)
