@@ -1,7 +1,7 @@
 """Issue 18 on the digits: do models that differ in one thing map the same noise to the same image?
 
-Each pair is scored by `jaxdiff compare` (same latents and labels, deterministic Heun unless the
-pair is the stochastic one; centred pixel cosine > 0.9, see jaxdiff/eval/reproducibility.py):
+Each pair is scored by `jaxdiff compare` (same latents and labels, deterministic Heun with 18 steps
+for both models unless the pair is the stochastic one; centred pixel cosine > 0.9, see jaxdiff/eval/reproducibility.py):
 
   seed        base (U-Net, EDM) trained with two different seeds (3 pairs of seeds)
   arch        base vs a small DDPM++ (model.arch=ddpmpp at the digits widths, ~0.75 M params each)
@@ -76,10 +76,15 @@ def train_command(root, name, overrides):
           os.path.join(root, name), *extra, f"--config.training.seed={seed}", *overrides]
 
 
+# Every pair samples with the same deterministic solver, whatever each config's default (the digits
+# config's is iPNDM, EDM2's Heun): the pair's own flags come after and win.
+SAMPLER = ["--solver", "heun", "--steps", "18"]
+
+
 def compare_command(root, a, b, flags, num, sample_seed, out_npz):
   return [sys.executable, "-m", "jaxdiff", "compare", "--workdir", os.path.join(root, a),
           "--workdir", os.path.join(root, b), "--num", str(num), "--seed", str(sample_seed),
-          "--json", "--out", out_npz, *flags]
+          "--json", "--out", out_npz, *SAMPLER, *flags]
 
 
 def _available(run):
