@@ -48,7 +48,7 @@ VARIANTS = ("W8", "W4", "W4g64", "W8A8")
 CIFAR = os.path.join(ROOT, "configs", "cifar10_ddpmpp.py")
 DIGITS = os.path.join(ROOT, "configs", "digits.py")
 # --tiny: every network a few thousand parameters, every count a handful.
-TINY_DIGITS = ["--config.model.model_channels=16", "--config.model.channel_mult=(1,)",
+TINY_DIGITS = ["--config.model.model_channels=20", "--config.model.channel_mult=(1,)",
                "--config.model.num_blocks=1", "--config.model.attn_resolutions=()",
                "--config.sampler.num_steps=3"]
 TINY_STUDENT = TINY_DIGITS[1:] + ["--config.model.model_channels=8"]

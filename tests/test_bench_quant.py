@@ -25,9 +25,9 @@ def test_dry_run_plans_every_variant_and_the_group_sizes(tmp_path, capsys):
                   "--plot", str(tmp_path / "r.png")]) == 0
   plan = json.loads(capsys.readouterr().out)
   assert plan["variants"] == ["f32", "W8", "W4", "W4g64", "W8A8"]
-  # The tiny digits net's widest layer has 16 input channels; the CIFAR one has the 9 augment
-  # labels next to 16: 64 is one group of each, so G = 64 stands.
-  assert plan["networks"]["digits"]["group_size"] == 64
+  # The tiny digits net (20 channels) has 80-wide embedding layers: 64 does not divide 80, the
+  # largest G <= 64 dividing every wider layer's input (80) is 40.
+  assert plan["networks"]["digits"]["group_size"] == 40
   assert plan["networks"]["cifar10_ddpmpp"]["solver"] == "heun"
   assert not out.exists() and not os.listdir(tmp_path)
 
@@ -71,6 +71,6 @@ def test_tiny_run_writes_json_table_and_plot(tmp_path):
     assert mean["W8"] < mean["W4"], (net, mean)
     assert rows["W4"]["param_bytes"] < rows["W8"]["param_bytes"] < rows["f32"]["param_bytes"]
   assert 0 <= result["digits"]["rows"][0]["svc_accuracy"] <= 1
-  assert result["student"]["param_ratio"] < 0.5 and result["student"]["speed_ratio"] > 0
+  assert result["student"]["param_ratio"] <= 0.25 and result["student"]["speed_ratio"] > 0
   assert "| W8A8 |" in md.read_text() and "### student" in md.read_text()
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
