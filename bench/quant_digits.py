@@ -314,6 +314,8 @@ def main(argv=None) -> int:
   p.add_argument("--cifar-err-batch", type=int, default=8)
   p.add_argument("--cifar-drift-num", type=int, default=4)
   p.add_argument("--cifar-speed-num", type=int, default=4)
+  p.add_argument("--cifar-calib-num", type=int, default=8,
+                 help="W8A8 calibration latents for CIFAR (each runs 35 NFE of a 56 M network)")
   p.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
   p.add_argument("--tiny", action="store_true", help="tiny random networks, tiny counts (tests)")
   args = p.parse_args(argv)
@@ -323,7 +325,7 @@ def main(argv=None) -> int:
     # One batch shape everywhere: one sampler compile per variant.
     args.num = args.err_batch = args.drift_num = args.speed_num = 10
     args.calib_num = 2
-    args.cifar_err_batch = args.cifar_drift_num = args.cifar_speed_num = 2
+    args.cifar_err_batch = args.cifar_drift_num = args.cifar_speed_num = args.cifar_calib_num = 2
   the_plan = plan(args)
   if args.dry_run:
     print(json.dumps(the_plan, indent=1))
@@ -335,7 +337,8 @@ def main(argv=None) -> int:
   result["digits"] = measure_network("digits", teacher, args.root, args, True, clf)
   cargs = argparse.Namespace(**{**vars(args), "err_batch": args.cifar_err_batch,
                                 "drift_num": args.cifar_drift_num,
-                                "speed_num": args.cifar_speed_num})
+                                "speed_num": args.cifar_speed_num,
+                                "calib_num": args.cifar_calib_num})
   result["cifar10_ddpmpp"] = measure_network("cifar10_ddpmpp", cifar, args.root, cargs, False)
   if student is not None:
     result["student"] = measure_student(student, teacher, args, clf)
