@@ -1,5 +1,5 @@
-"""bench/quant_digits.py (issue 14's table): the plan (--dry-run) and one --tiny run of every step on
-tiny random networks."""
+"""bench/quant_digits.py (issue 14's table): the plan (--dry-run) and one --tiny run of every
+step on tiny random networks."""
 
 import importlib.util
 import json

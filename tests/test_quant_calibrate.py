@@ -4,7 +4,6 @@ qwix stores are computed from exactly those inputs."""
 
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx

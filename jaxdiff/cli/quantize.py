@@ -34,8 +34,8 @@ def add_arguments(parser):
 
 def quantize_workdir(workdir: str, spec, progress: bool = False, calib_num: int = 64,
                      calib_seed: int = 0):
-  """(Experiment, graphdef, dequantized EMA weights, qwix qparams, summary dict) of `workdir`'s EMA denoiser
-  quantized by `spec` (a QuantSpec); W8A8 calibrated along the workdir's sampler trajectories from
+  """(Experiment, graphdef, dequantized EMA weights, qwix qparams, summary dict) of `workdir`'s
+  EMA denoiser quantized by `spec` (a QuantSpec); W8A8 calibrated along the workdir's sampler trajectories from
   `calib_num` latents of seed `calib_seed`. Raises JaxdiffError without a checkpoint, for an
   already quantized workdir, or for a group size that does not divide some layer's input
   channels."""
