@@ -55,7 +55,47 @@ def test_quantize_w8_is_a_workdir_load_and_sample_use(trained, tmp_path):
   assert np.load(tmp_path / "s.npz")["images"].shape == (2, *src.shape)
 
 
+@pytest.mark.slow
+def test_quantize_w8a8_calibrated_on_the_sampler_is_a_workdir(trained, tmp_path):
+  """--activations: the record names the calibration (one batch per network evaluation of the
+  run's own sampler); load gives the qwix W8A8 network on the stored integers and static scales,
+  equal to quantizing in memory with the same calibration set; sample and eval --workdir run."""
+  import jaxdiff
+  from jaxdiff import quant, sampling
+  from jaxdiff.cli.quantize import calibration_set
+  out = tmp_path / "q8a8"
+  code, stdout, err = run_cli("quantize", "--workdir", str(trained), "--out", str(out),
+                              "--bits", "8", "--activations", "--calib-num", "4", "--json")
+  assert code == 0, err
+  summary = json.loads(stdout)
+  assert summary["name"] == "W8A8" and summary["activations"] is True
+  rec = json.loads((out / "config.json").read_text())["quant"]
+  cal = rec["calibration"]
+  assert (cal["solver"], cal["steps"], cal["num"], cal["seed"]) == ("ipndm", 3, 4, 0)
+  assert cal["nfe"] == sampling.nfe("ipndm", 3) == len(cal["sigmas"])
+  assert cal["sigmas"][0] == pytest.approx(80.0) and cal["sigmas"] == sorted(cal["sigmas"])[::-1]
+  src, q = jaxdiff.load(str(trained)), jaxdiff.load(str(out))
+  _, calib_fn = calibration_set(src, 4, 0)
+  qg, qp = quant.quantize(src.graphdef, src.params, quant.QuantSpec(8, activations=True),
+                          calib_fn, shape=src.shape, label_dim=src.label_dim)
+  from jaxdiff.model import Model
+  x = np.random.default_rng(0).normal(size=(2, *src.shape)).astype(np.float32)
+  want = Model(src.exp, qg, qp).denoise(x, [0.5, 5.0], labels=[1, 2])
+  got = q.denoise(x, [0.5, 5.0], labels=[1, 2])
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+  assert any("_lhs_scale" in "/".join(map(str, p)) for p, _ in
+             __import__("flax").nnx.to_flat_state(q.params))
+  from jaxdiff.cli import main  # in process: the quantized network is already compiled
+  assert main(["sample", "--workdir", str(out), "--num", "2", "--out",
+               str(tmp_path / "s.npz")]) == 0
+  assert np.load(tmp_path / "s.npz")["images"].shape == (2, *src.shape)
+  assert main(["eval", "--workdir", str(out), "--num", "4", "--metric", "accuracy",
+               "--samples", str(tmp_path / "e.npz")]) == 0
+  assert np.load(tmp_path / "e.npz")["images"].shape == (4, *src.shape)
+
+
 @pytest.mark.parametrize("args,msg", [
+    (["--bits", "4", "--activations"], "--activations needs --bits 8"),
     (["--bits", "3"], "--bits 3: use 8 or 4"),
     (["--bits", "4", "--group-size", "4"], "10 input channels of layer 'map_label'"),
     (["--bits", "4", "--group-size", "0"], "positive integer"),

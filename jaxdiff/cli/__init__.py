@@ -29,7 +29,7 @@ COMMANDS = {
                  "budget, for `sample --schedule`"),
     "phema": ("jaxdiff.cli.phema", "post-hoc EMA (EDM2): reconstruct an EMA width from a run's "
               "snapshots into a new workdir"),
-    "quantize": ("jaxdiff.cli.quantize", "weight-only integer quantization (qwix) of a run's EMA "
+    "quantize": ("jaxdiff.cli.quantize", "integer quantization (qwix; W8, W4, W8A8) of a run's EMA "
                  "denoiser into a new workdir"),
 }
 

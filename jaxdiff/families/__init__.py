@@ -25,6 +25,7 @@ FAMILIES = {
     "multistage": "jaxdiff.families.multistage",
     "edm2": "jaxdiff.families.edm2",
     "discriminator": "jaxdiff.families.discriminator",
+    "student": "jaxdiff.families.student",  # issue 14: a lightweight network distilled from a teacher
     "plain": "jaxdiff.families.plain",
 }
 

@@ -81,7 +81,13 @@ class Linear(nnx.Module):
     self.bias = nnx.Param(_scaled_init(rngs, (out_features,), scale=init_bias, **fans)) if bias else None
 
   def __call__(self, x):
-    y = x @ self.weight[...].astype(x.dtype)
+    # lax.dot_general itself, not `@` (jnp.matmul is jitted): qwix intercepts lax.dot_general and
+    # cannot quantize a weight from inside another trace (flax TraceContextError).
+    # A qwix-quantized weight (not a jax.Array) reaches dot_general unconverted, to be recognised.
+    w = self.weight[...]
+    if isinstance(w, jax.Array) and w.dtype != x.dtype:
+      w = w.astype(x.dtype)
+    y = jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
     if self.bias is not None:
       y = y + self.bias[...].astype(x.dtype)
     return y
@@ -163,7 +169,9 @@ class Conv2d(nnx.Module):
                  if kernel and bias else None)
 
   def __call__(self, x):
-    w = self.weight[...].astype(x.dtype) if self.weight is not None else None
+    w = self.weight[...] if self.weight is not None else None
+    if isinstance(w, jax.Array) and w.dtype != x.dtype:  # a qwix-quantized weight stays as it is
+      w = w.astype(x.dtype)
     f = resample_kernel(self.resample_filter)
     w_pad = self.kernel // 2 if w is not None else 0
     f_pad = (f.shape[0] - 1) // 2 if (self.up or self.down) else 0

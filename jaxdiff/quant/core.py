@@ -101,16 +101,23 @@ def quantize(graphdef, params, spec: QuantSpec,
 
 
 def calibrate(net, rules, splits, calib_fn, example):
-  """net with qwix quant_stats averaged over the calibration inputs (qwix QtProvider)."""
+  """net with qwix quant_stats averaged over the calibration inputs (float passes, one compiled
+  program: the statistics are state threaded through a jitted pure function)."""
   cal = qwix.quantize_model(net, CalibrationProvider(rules, splits=splits), *example)
-  # Eager passes: under jax.jit qwix's QuantStat update raises TraceContextError (a variable
-  # of the outer trace mutated inside the jitted one).
+  graphdef, state = nnx.split(cal)
+
+  @jax.jit
+  def update(state, x_in, c_noise, labels):
+    model = nnx.merge(graphdef, state)
+    model(x_in, c_noise, labels)
+    return nnx.state(model)
   n = 0
   for x_in, c_noise, labels in calib_fn():
-    cal(x_in, c_noise, labels)
+    state = update(state, x_in, c_noise, labels)
     n += 1
   if n == 0:
     raise JaxdiffError("calibration produced no batches")
+  nnx.update(cal, state)
   return cal
 
 

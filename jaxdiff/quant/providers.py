@@ -20,6 +20,7 @@ import re
 
 import jax
 from qwix._src.core import conv_general
+from qwix._src.core import dot_general
 from qwix._src.core import qarray
 from qwix._src.providers import ptq, qt
 from qwix._src.utils import flax_util
@@ -130,13 +131,24 @@ class PtqProvider(ptq.PtqProvider):
 class CalibrationProvider(qt.QtProvider):
   """qwix's QtProvider for collecting static activation ranges (quant_stats) in float passes.
 
-  Differences: constant (non-parameter) conv kernels are left alone, and split convolutions record
-  one statistic per half under the names PtqProvider reads (`<op>_lhs`, `<op>_lhs_b`).
+  Every conv / linear input's statistic is recorded with qwix's own calibrate and moving average
+  (`_update_and_get_quant_stat`, the names PtqProvider reads: `<op>_lhs`, and `<op>_lhs_b` for the
+  second half of a split conv) and the op then runs in float. Unlike qwix's QAT forward, nothing
+  is fake-quantized, and no statistic is written inside qwix's conv custom_vjp, which is what
+  lets the calibration passes run under jax.jit (qwix 0.1.8 updates a conv's QuantStat inside
+  `conv_general_qt_fwd`, and flax 0.12 refuses that mutation from the inner trace:
+  TraceContextError). Constant (non-parameter) kernels are left alone.
   """
 
   def __init__(self, rules, *, splits: dict | None = None, **kwargs):
     super().__init__(rules, **kwargs)
     self.splits = dict(splits or {})
+
+  def _static_rule(self, op_name: str):
+    rule, op_id = self._get_current_rule_and_op_id(op_name)
+    if rule is None or rule.act_qtype is None or not rule.act_static_scale:
+      return None, op_id
+    return rule, op_id
 
   def conv_general_dilated(self, lhs, rhs, window_strides, padding, lhs_dilation=None,
                            rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
@@ -144,25 +156,43 @@ class CalibrationProvider(qt.QtProvider):
                            out_sharding=None):
     kw = _conv_kwargs(window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                       feature_group_count, batch_group_count)
+    float_conv = lambda: jax.lax.conv_general_dilated(  # noqa: E731
+        lhs, rhs, precision=precision, preferred_element_type=preferred_element_type, **kw)
     if flax_util.find_param(rhs) is None:
-      return jax.lax.conv_general_dilated(lhs, rhs, precision=precision,
-                                          preferred_element_type=preferred_element_type, **kw)
-    n = _split_at(self.splits, _current_path())
-    if n is None or feature_group_count != 1:
-      return super().conv_general_dilated(lhs, rhs, precision=precision,
-                                          preferred_element_type=preferred_element_type, **kw)
-    rule, op_id = self._get_current_rule_and_op_id("conv_general_dilated")
-    if rule is None or rule.act_qtype is None or not rule.act_static_scale:
-      return jax.lax.conv_general_dilated(lhs, rhs, **kw)
+      return float_conv()
+    rule, op_id = self._static_rule("conv_general_dilated")
+    if rule is None:
+      return float_conv()
     dn = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     how = conv_general.get_how_to_quantize(dimension_numbers=dn, for_lhs=True,
                                            qtype=rule.act_qtype,
                                            calibration_method=rule.act_calibration_method)
     axis = _lhs_feature_axis(dn)
     c = lhs.shape[axis]
-    for name, (a, b) in ((op_id + "_lhs", (0, n)), (op_id + "_lhs_b", (n, c))):
-      part = _slice(lhs, axis, a, b)
+    n = _split_at(self.splits, _current_path())
+    parts = ([(op_id + "_lhs", (0, c))] if n is None or feature_group_count != 1 else
+             [(op_id + "_lhs", (0, n)), (op_id + "_lhs_b", (n, c))])
+    for name, (a, b) in parts:
       self._update_and_get_quant_stat(name, tuple(rule.act_batch_axes),
-                                      qarray.calibrate(part, how))
-    return jax.lax.conv_general_dilated(lhs, rhs, **kw)
+                                      qarray.calibrate(_slice(lhs, axis, a, b), how))
+    return float_conv()
 
+  def dot_general(self, lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
+                  *, out_sharding=None):
+    float_dot = lambda: jax.lax.dot_general(  # noqa: E731
+        lhs, rhs, dimension_numbers, precision=precision,
+        preferred_element_type=preferred_element_type)
+    rule, op_id = self._static_rule("dot_general")
+    if rule is None:
+      return float_dot()
+    if flax_util.find_param(lhs) is not None or flax_util.find_param(rhs) is None:
+      # Only activation x weight products are quantized (PtqProvider's quantize_act on lhs).
+      return super().dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type,
+                                 out_sharding=out_sharding)
+    how = dot_general.get_how_to_quantize(dimension_numbers=dimension_numbers,
+                                          ndims=(lhs.ndim, rhs.ndim), for_lhs=True,
+                                          qtype=rule.act_qtype, tile_size=rule.tile_size,
+                                          calibration_method=rule.act_calibration_method)
+    self._update_and_get_quant_stat(op_id + "_lhs", tuple(rule.act_batch_axes),
+                                    qarray.calibrate(lhs, how))
+    return float_dot()
