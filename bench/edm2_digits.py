@@ -16,9 +16,10 @@ Workdirs under --root (the names bench/reproducibility.py uses for the same runs
 
 Every cell: 1,000 class-conditional samples (labels cycling 0..9, sampling seed 0, so the same
 latents everywhere), scored by the SVC of bench/digits_quality.py (accuracy) and the FDD of
-jaxdiff.eval.digits_metric. Sampler: Heun with 18 steps (35 NFE) for every model; guided cells call
-two networks per step, so the unguided rows are also given at Heun-35 steps (69 evaluations of one
-network), the "equal NFE" comparison.
+jaxdiff.eval.digits_metric. Sampler: iPNDM with 10 steps (10 NFE; configs/digits.py's default,
+as good as Heun-35 there, docs/samplers.md) for every model; guided cells call two networks per
+step, so the unguided rows are also given at 20 steps (20 evaluations of one network), the
+"equal NFE" comparison.
 
 Post-hoc widths are reconstructed in memory (jaxdiff.cli.phema.reconstruct_run, what `jaxdiff
 phema` writes) at the end of training; a width the snapshots cannot represent (profile error above
@@ -42,8 +43,10 @@ sys.path.insert(0, HERE)
 
 DIGITS = os.path.join(ROOT, "configs", "digits.py")
 EDM2 = os.path.join(ROOT, "configs", "digits_edm2.py")
-STDS = (0.02, 0.03, 0.05, 0.07, 0.10, 0.13, 0.16, 0.20, 0.25)
-WEIGHTS = (1.0, 1.2, 1.4, 1.7, 2.0, 2.5, 3.0)
+STDS = (0.02, 0.03, 0.05, 0.07, 0.10, 0.15, 0.20)
+WEIGHTS = (1.0, 1.3, 1.6, 2.0, 2.5)
+# configs/digits.py's sampler (docs/samplers.md: iPNDM-10 matches Heun-35 there), for every model.
+SOLVER, STEPS = "ipndm", 10
 GUIDES = {"autoguidance": "edm2xs-s0", "cfg": "edm2unc-s0"}
 
 
@@ -74,17 +77,17 @@ def train_missing(root, seeds, dry_run):
 class Scorer:
   """accuracy (independent SVC) and FDD of a model's 1,000 samples at a fixed seed."""
 
-  def __init__(self, num, seed):
+  def __init__(self, num, seed, solver=SOLVER):
     from digits_quality import real_digits_classifier
-    self.num, self.seed = num, seed
+    self.num, self.seed, self.solver = num, seed, solver
     self.clf, self.real_accuracy = real_digits_classifier()
 
-  def __call__(self, model, steps=18, guidance=None) -> dict:
+  def __call__(self, model, steps=STEPS, guidance=None) -> dict:
     from digits_quality import sample_accuracy
 
     from jaxdiff.eval import digits_metric
-    images, labels = model.sample_with_labels(self.num, seed=self.seed, solver="heun", steps=steps,
-                                              guidance=guidance)
+    images, labels = model.sample_with_labels(self.num, seed=self.seed, solver=self.solver,
+                                              steps=steps, guidance=guidance)
     return dict(accuracy=sample_accuracy(images, labels, self.clf),
                 fdd=float(digits_metric.fdd(images)), steps=steps)
 
@@ -117,7 +120,7 @@ def run(args) -> dict:
   for s in args.seeds:
     for recipe, name in (("edm", f"base-s{s}"), ("edm2", f"edm2-s{s}")):
       model = jaxdiff.load(wd(name))
-      for steps in (18, 35):
+      for steps in (STEPS, 2 * STEPS):
         out["recipe"].append(dict(recipe=recipe, seed=s, workdir=name, ema="as trained",
                                   **score(model, steps)))
         print(out["recipe"][-1], flush=True)
@@ -165,17 +168,17 @@ def table(res) -> str:
     lines.append(f"| {label} | {evals} | {_mean_std(rows, 'accuracy')} | {_mean_std(rows, 'fdd')} |")
   for recipe, label in (("edm", "EDM recipe (configs/digits.py)"),
                         ("edm2", "EDM2 recipe, tracked EMA σ_rel 0.05")):
-    for steps in (18, 35):
+    for steps in (STEPS, 2 * STEPS):
       row(label, [r for r in res["recipe"] if r["recipe"] == recipe and r["steps"] == steps],
-          f"Heun {steps} steps ({2 * steps - 1})")
+          f"{SOLVER} {steps} steps ({steps})")
   best = res["best_std"]
   row(f"EDM2, post-hoc EMA σ_rel {best:g} (best)",
-      [r for r in res["phema"] if r.get("std") == best and "fdd" in r], "Heun 18 steps (35)")
+      [r for r in res["phema"] if r.get("std") == best and "fdd" in r], f"{SOLVER} {STEPS} steps")
   for kind, w in res["best_weight"].items():
     rows = [r for r in res["guidance"] if r["kind"] == kind and r["weight"] == w]
     row(f"EDM2 σ_rel {best:g} + {kind} w = {w:g} ({GUIDES[kind]})", rows,
-        "Heun 18 steps (35 × 2 networks)")
-  lines += ["", "Post-hoc EMA sweep (EDM2, Heun 18):", "",
+        f"{SOLVER} {STEPS} steps ({STEPS} × 2 networks)")
+  lines += ["", f"Post-hoc EMA sweep (EDM2, {SOLVER} {STEPS}):", "",
             "| σ_rel | profile error | SVC accuracy | FDD |", "|---|---|---|---|"]
   for std in sorted({r["std"] for r in res["phema"]}):
     rows = [r for r in res["phema"] if r["std"] == std and "fdd" in r]
@@ -185,7 +188,7 @@ def table(res) -> str:
     err = max(r["profile_error"] for r in rows)
     lines.append(f"| {std:g} | {err:.1e} | {_mean_std(rows, 'accuracy')} | "
                  f"{_mean_std(rows, 'fdd')} |")
-  lines += ["", "Guidance sweep (EDM2 at the best width, Heun 18):", "",
+  lines += ["", f"Guidance sweep (EDM2 at the best width, {SOLVER} {STEPS}):", "",
             "| guidance | w | SVC accuracy | FDD |", "|---|---|---|---|"]
   for kind in GUIDES:
     for w in sorted({r["weight"] for r in res["guidance"] if r["kind"] == kind}):
@@ -224,7 +227,8 @@ def plots(res, phema_png, guidance_png):
   if phema_png:
     _plot_sweep([r for r in res["phema"] if "fdd" in r], "std",
                 lambda rows: [("EDM2 digits", rows)], phema_png, "post-hoc EMA σ_rel",
-                f"post-hoc EMA width, mean ± std over {n} seeds, 1,000 samples, Heun 18")
+                f"post-hoc EMA width, mean ± std over {n} seeds, {res['num']:,} samples, "
+                f"{SOLVER} {STEPS}")
   if guidance_png:
     _plot_sweep(res["guidance"], "weight",
                 lambda rows: [(k, [r for r in rows if r["kind"] == k]) for k in GUIDES],

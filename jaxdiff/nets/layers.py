@@ -85,7 +85,7 @@ class Linear(nnx.Module):
     # cannot quantize a weight from inside another trace (flax TraceContextError).
     # A qwix-quantized weight (not a jax.Array) reaches dot_general unconverted, to be recognised.
     w = self.weight[...]
-    if isinstance(w, jax.Array) and w.dtype != x.dtype:
+    if isinstance(w, (jax.Array, np.ndarray)) and w.dtype != x.dtype:
       w = w.astype(x.dtype)
     y = jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
     if self.bias is not None:
@@ -170,7 +170,7 @@ class Conv2d(nnx.Module):
 
   def __call__(self, x):
     w = self.weight[...] if self.weight is not None else None
-    if isinstance(w, jax.Array) and w.dtype != x.dtype:  # a qwix-quantized weight stays as it is
+    if isinstance(w, (jax.Array, np.ndarray)) and w.dtype != x.dtype:  # a qwix weight stays as is
       w = w.astype(x.dtype)
     f = resample_kernel(self.resample_filter)
     w_pad = self.kernel // 2 if w is not None else 0
