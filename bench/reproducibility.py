@@ -19,7 +19,7 @@ the missing ones with `jaxdiff train` (plus any --override=--config.KEY=VALUE fo
 without --train. Outputs: --json (every comparison), --table (markdown), --png (score per pair,
 one dot per seed), --pairs-png (side-by-side samples of the most and least reproducible pair).
 
-  python bench/reproducibility.py --root /tmp/rp --train --seeds 0 1 2 --num 1000 \\
+  python bench/reproducibility.py --root /tmp/rp --train --seeds 0 1 2 --control-seeds 0 --num 1000 \\
       --json docs/reproducibility.json --table docs/reproducibility.md \\
       --png docs/reproducibility.png --pairs-png docs/reproducibility_pairs.png
   python bench/reproducibility.py --root /tmp/rp --dry-run     # print the commands only
@@ -48,17 +48,22 @@ RUNS = {
 }
 
 
-def pairs(seeds):
-  """(group, run A, run B, extra compare flags) for every comparison, with seeded run names."""
+def pairs(seeds, control_seeds=None):
+  """(group, run A, run B, extra compare flags) for every comparison, with seeded run names.
+  control_seeds: the seeds whose model is compared with itself (stochastic, steps, ceiling, floor);
+  default all of `seeds`."""
   import itertools
+  control_seeds = seeds if control_seeds is None else control_seeds
   # Seed pairs: every two seeds (3 pairs from 3 seeds).
   out = [("seed", f"base-s{s}", f"base-s{t}", []) for s, t in itertools.combinations(seeds, 2)]
   for s in seeds:
     b = f"base-s{s}"
     out += [("arch", b, f"ddpmpp-s{s}", []), ("precond", b, f"vp-s{s}", []),
             ("length", f"half-s{s}", b, []), ("multistage", b, f"multistage-s{s}", []),
-            ("edm2", b, f"edm2-s{s}", []),
-            ("stochastic", b, b, ["--s-churn", "40"]),
+            ("edm2", b, f"edm2-s{s}", [])]
+  for s in control_seeds:
+    b = f"base-s{s}"
+    out += [("stochastic", b, b, ["--s-churn", "40"]),
             ("steps", b, b, ["--steps", "18", "--steps-b", "35"]),
             ("ceiling", b, b, []), ("floor", b, b, ["--shuffle"])]
   return out
@@ -93,7 +98,8 @@ def _available(run):
 
 def run_all(args):
   os.makedirs(args.root, exist_ok=True)
-  todo = [p for p in pairs(args.seeds) if not args.only or p[0] in args.only]
+  todo = [p for p in pairs(args.seeds, args.control_seeds)
+          if not args.only or p[0] in args.only]
   todo = [p for p in todo if all(_available(run_name_parts(n)[0]) for n in p[1:3])]
   needed = sorted({n for p in todo for n in p[1:3]})
   for name in needed:
@@ -197,6 +203,8 @@ def main(argv=None):
   p.add_argument("--override", action="append", default=[],
                  help="--override=--config.KEY=VALUE: added to every training (repeatable)")
   p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  p.add_argument("--control-seeds", type=int, nargs="+", default=None,
+                 help="seeds whose model is compared with itself (default: --seeds)")
   p.add_argument("--only", nargs="+", default=None, help="pair groups to run (default: all)")
   p.add_argument("--num", type=int, default=1000, help="pairs per comparison")
   p.add_argument("--sample-seed", type=int, default=0)
