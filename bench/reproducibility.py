@@ -166,16 +166,17 @@ def plot(results, path):
 
 
 def plot_pairs(results, path, count=12):
-  """Top row A, bottom row B, for the most and the least reproducible comparison (not ceiling /
-  floor, which are the controls)."""
+  """Top row A, bottom row B: the most reproducible pair of two different models, and the least
+  reproducible setting (the stochastic sampler counts; ceiling and floor are the controls)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   import numpy as np
   real = [r for r in results if r["group"] not in ("ceiling", "floor")]
-  if not real:
+  models = [r for r in real if r["a"] != r["b"]]
+  if not real or not models:
     return
-  picks = [("most", max(real, key=lambda r: r["score"])),
+  picks = [("most", max(models, key=lambda r: r["score"])),
            ("least", min(real, key=lambda r: r["score"]))]
   fig, axes = plt.subplots(4, count, figsize=(count * 0.6, 4 * 0.7))
   for row, (what, r) in enumerate(picks):
