@@ -47,6 +47,27 @@ def default_compile_step(family_loss, step_cfg, **jit_kwargs):
                  **jit_kwargs)
 
 
+def frozen_argument_compile_step(make_family_loss, frozen_params, step_cfg, **jit_kwargs):
+  """The skeleton as one jit with a frozen network's weights (a teacher's) as a third argument,
+  replicated on the batch's mesh, rather than constants folded into the program.
+  `make_family_loss(frozen_params)` -> the family loss."""
+  from jaxdiff.train.step import train_step
+  kw = dict(jit_kwargs)
+  if "in_shardings" in kw:
+    from jax.sharding import NamedSharding, PartitionSpec
+    batch_sh = kw["in_shardings"][1]
+    rep = None
+    if isinstance(batch_sh, NamedSharding):
+      rep = NamedSharding(batch_sh.mesh, PartitionSpec())
+      frozen_params = jax.device_put(frozen_params, rep)
+    kw["in_shardings"] = tuple(kw["in_shardings"]) + (rep,)
+
+  def step(state, batch, params):
+    return train_step(step_cfg, make_family_loss(params), state, batch)
+  jitted = jax.jit(step, **kw)
+  return lambda state, batch: jitted(state, batch, frozen_params)
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
   name: str

@@ -30,9 +30,9 @@ import numpy as np
 from jaxdiff.consistency import ICT, ConsistencyPrecond
 from jaxdiff.denoiser import make_denoiser
 from jaxdiff.errors import JaxdiffError
-from jaxdiff.families import Family, default_compile_step
+from jaxdiff.families import Family, default_compile_step, frozen_argument_compile_step
 from jaxdiff.families.plain import make_optimizer
-from jaxdiff.train.step import StepParts, train_step
+from jaxdiff.train.step import StepParts
 
 MODES = ("ct", "tune", "distill")
 _ICT_KEYS = ("sigma_min", "sigma_max", "rho", "P_mean", "P_std", "s0", "s1")
@@ -196,22 +196,9 @@ def compile_step(step_cfg, exp, **jit_kwargs):
   if spec.mode != "distill":
     return default_compile_step(loss(exp), step_cfg, **jit_kwargs)
   t = teacher_model(exp)
-  kw = dict(jit_kwargs)
-  t_params = t.params
-  if "in_shardings" in kw:
-    from jax.sharding import NamedSharding, PartitionSpec
-    batch_sh = kw["in_shardings"][1]
-    rep = None
-    if isinstance(batch_sh, NamedSharding):
-      rep = NamedSharding(batch_sh.mesh, PartitionSpec())
-      t_params = jax.device_put(t.params, rep)
-    kw["in_shardings"] = tuple(kw["in_shardings"]) + (rep,)
-
-  def step(state, batch, teacher_params):
-    fl = cd_family_loss(spec, exp.training.steps, t.graphdef, t.precond, teacher_params)
-    return train_step(step_cfg, fl, state, batch)
-  jitted = jax.jit(step, **kw)
-  return lambda state, batch: jitted(state, batch, t_params)
+  return frozen_argument_compile_step(
+      lambda tp: cd_family_loss(spec, exp.training.steps, t.graphdef, t.precond, tp), t.params,
+      step_cfg, **jit_kwargs)
 
 
 FAMILY = Family(name="consistency", loss=loss, make_optimizer=make_optimizer,

@@ -25,9 +25,9 @@ import numpy as np
 
 from jaxdiff.denoiser import make_denoiser
 from jaxdiff.errors import JaxdiffError
-from jaxdiff.families import Family
+from jaxdiff.families import Family, frozen_argument_compile_step
 from jaxdiff.families.plain import make_optimizer
-from jaxdiff.train.step import StepParts, train_step
+from jaxdiff.train.step import StepParts
 
 _KEYS = ("teacher", "distill_weight")
 MAX_RATIO = 0.25  # the student's parameters over the teacher's, at most
@@ -159,22 +159,9 @@ def compile_step(step_cfg, exp, **jit_kwargs):
   """The skeleton as one jit, with the teacher's frozen weights a third argument (replicated on
   the batch's mesh) rather than constants folded into the program."""
   t = teacher_model(exp)
-  kw = dict(jit_kwargs)
-  t_params = t.params
-  if "in_shardings" in kw:
-    from jax.sharding import NamedSharding, PartitionSpec
-    batch_sh = kw["in_shardings"][1]
-    rep = None
-    if isinstance(batch_sh, NamedSharding):
-      rep = NamedSharding(batch_sh.mesh, PartitionSpec())
-      t_params = jax.device_put(t.params, rep)
-    kw["in_shardings"] = tuple(kw["in_shardings"]) + (rep,)
-
-  def step(state, batch, teacher_params):
-    fl = student_family_loss(exp.family_spec, t.graphdef, t.precond, teacher_params)
-    return train_step(step_cfg, fl, state, batch)
-  jitted = jax.jit(step, **kw)
-  return lambda state, batch: jitted(state, batch, t_params)
+  return frozen_argument_compile_step(
+      lambda tp: student_family_loss(exp.family_spec, t.graphdef, t.precond, tp), t.params,
+      step_cfg, **jit_kwargs)
 
 
 FAMILY = Family(name="student", loss=loss, make_optimizer=make_optimizer, make_spec=make_spec,
