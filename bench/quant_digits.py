@@ -214,13 +214,16 @@ def table(result: dict) -> str:
     sig = r["sigmas"]
     head = ["variant", "param bytes", "store bytes", "drift (px)", "SVC acc", "FDD", "img/s"]
     head += [f"err σ={s:g}" for s in sig]
-    lines += [f"### {net}" + (" (random weights)" if net != "digits" else ""), "",
+    how = result.get("plan", {}).get("networks", {}).get(net, {})
+    where = f"sampling {how['solver']}, {how['steps']} steps" if how else ""
+    lines += [f"### {net}" + (" (random weights)" if net != "digits" else "")
+              + (f" — {where}" if where else ""), "",
               "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in r["rows"]:
       name = row["variant"] + (f" (G={row['group_size']})" if row.get("group_size") else "")
       cells = [name, f"{row['param_bytes']:,}", f"{row['store_bytes']:,}",
                _fmt(row.get("drift_pixels")), _fmt(row.get("svc_accuracy")), _fmt(row.get("fdd")),
-               _fmt(row.get("images_per_s"), ".1f")]
+               _fmt_speed(row.get("images_per_s"))]
       cells += [_fmt(row.get("rel_error", {}).get(str(s)), ".2e") for s in sig]
       lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
@@ -230,13 +233,18 @@ def table(result: dict) -> str:
               "| params | ratio to teacher | solver, steps | SVC acc | FDD | img/s | speed ratio |",
               "|---|---|---|---|---|---|---|",
               f"| {s['student_params']:,} | {s['param_ratio']:.3f} | {s['solver']}, {s['steps']} | "
-              f"{_fmt(s['svc_accuracy'])} | {_fmt(s['fdd'])} | {_fmt(s['images_per_s'], '.1f')} | "
+              f"{_fmt(s['svc_accuracy'])} | {_fmt(s['fdd'])} | {_fmt_speed(s['images_per_s'])} | "
               f"{s['speed_ratio']:.2f} |", ""]
   return "\n".join(lines)
 
 
 def _fmt(v, f=".4f"):
   return "" if v is None else format(v, f)
+
+
+def _fmt_speed(v):
+  """Images/s: one decimal from 10 up, three below (CIFAR's full-size network is under 1)."""
+  return _fmt(v, ".1f" if v is not None and v >= 10 else ".3f")
 
 
 def plot(result: dict, path: str) -> None:
@@ -272,7 +280,12 @@ def load_models(args):
     return teacher, random_model(CIFAR, TINY_CIFAR), student
   teacher = jaxdiff.load(args.workdir)
   student = jaxdiff.load(args.student) if args.student else None
-  return teacher, random_model(CIFAR), student
+  return teacher, random_model(CIFAR, cifar_overrides(args)), student
+
+
+def cifar_overrides(args) -> list[str]:
+  """--cifar-steps as a sampler override: drift, images/s and the W8A8 calibration all follow it."""
+  return [f"--config.sampler.num_steps={args.cifar_steps}"] if args.cifar_steps else []
 
 
 def plan(args) -> dict:
@@ -287,7 +300,7 @@ def plan(args) -> dict:
         raise JaxdiffError(f"{d!r} has no checkpoint yet; train first with `jaxdiff train`")
   groups = {}
   for net, cfg, ov in (("digits", DIGITS, TINY_DIGITS if args.tiny else []),
-                       ("cifar10_ddpmpp", CIFAR, TINY_CIFAR if args.tiny else [])):
+                       ("cifar10_ddpmpp", CIFAR, TINY_CIFAR if args.tiny else cifar_overrides(args))):
     exp = build.workdir_experiment(args.workdir) if (net == "digits" and not args.tiny) else \
         build.experiment(load_config(cfg, ov))
     groups[net] = dict(group_size=group_size_for(families.abstract_network(exp)[1], 64),
@@ -316,6 +329,9 @@ def main(argv=None) -> int:
   p.add_argument("--cifar-speed-num", type=int, default=4)
   p.add_argument("--cifar-calib-num", type=int, default=8,
                  help="W8A8 calibration latents for CIFAR (each runs 35 NFE of a 56 M network)")
+  p.add_argument("--cifar-steps", type=int, default=None,
+                 help="CIFAR sampler steps (default the config's Heun 18, 35 NFE: on a 2-core CPU "
+                      "each 56 M-parameter sampling run of 4 images takes minutes)")
   p.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
   p.add_argument("--tiny", action="store_true", help="tiny random networks, tiny counts (tests)")
   args = p.parse_args(argv)
