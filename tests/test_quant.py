@@ -40,12 +40,16 @@ def setup():
   n = len(SIGMAS)
   x = jax.random.normal(jax.random.PRNGKey(2), (n, *exp.data.shape)) * SIGMAS[:, None, None, None]
   labels = jax.nn.one_hot(jnp.arange(n) % exp.label_dim, exp.label_dim)
-  ref = make_denoiser(graphdef, params, exp.precond)(x, SIGMAS, class_labels=labels)
+
+  def denoise(g, p):
+    # Compiled as one program: eager, each of the network's ops is dispatched (and compiled) alone.
+    return jax.jit(lambda p_: make_denoiser(g, p_, exp.precond)(x, SIGMAS, class_labels=labels))(p)
+  ref = denoise(graphdef, params)
   quantized = {}
   for name, (bits, group) in SPECS.items():
     qg, qp = quantize(graphdef, params, QuantSpec(bits, group), shape=exp.data.shape,
                       label_dim=exp.label_dim)
-    out = make_denoiser(qg, qp, exp.precond)(x, SIGMAS, class_labels=labels)
+    out = denoise(qg, qp)
     quantized[name] = (qg, qp, out)
   return dict(exp=exp, graphdef=graphdef, params=params, x=x, labels=labels, ref=ref,
               quantized=quantized)
