@@ -12,6 +12,7 @@ Only `nnx.Param` variables are held. Constants of the reference that are buffers
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -212,13 +213,45 @@ class GroupNorm(nnx.Module):
     self.bias = nnx.Param(jnp.asarray(np.zeros((num_channels,), np.float32)))
 
   def __call__(self, x):
-    b, h, w, c = x.shape
-    g = self.num_groups
-    xf = x.astype(jnp.float32).reshape(b, h, w, g, c // g)
-    mean = xf.mean(axis=(1, 2, 4), keepdims=True)
-    var = jnp.square(xf - mean).mean(axis=(1, 2, 4), keepdims=True)  # biased, as torch
-    y = ((xf - mean) * jax.lax.rsqrt(var + self.eps)).reshape(b, h, w, c)
-    return (y * self.weight[...] + self.bias[...]).astype(x.dtype)
+    y = group_norm(x.astype(jnp.float32), self.weight[...], self.bias[...], self.num_groups,
+                   self.eps)
+    return y.astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def group_norm(x, weight, bias, groups: int, eps: float):
+  """torch's group_norm on NHWC float32 x: two-pass statistics (biased variance, as torch).
+
+  The backward is the closed form, dx = r·(g − mean(g) − x̂·mean(g·x̂)) with g = dy·weight and the
+  means over each group, rather than autodiff through the mean / variance graph: on XLA:CPU the
+  forward + backward of GroupNorm + SiLU at DDPM++'s 32×32×64, batch 32, took 45 ms against 63 ms
+  (bench/groupnorm.py). Forward-mode autodiff (jvp) of a custom_vjp is not available.
+  """
+  return _group_norm_fwd(x, weight, bias, groups, eps)[0]
+
+
+def _group_norm_fwd(x, weight, bias, groups, eps):
+  b, h, w, c = x.shape
+  xf = x.reshape(b, h, w, groups, c // groups)
+  mean = xf.mean(axis=(1, 2, 4), keepdims=True)
+  r = jax.lax.rsqrt(jnp.square(xf - mean).mean(axis=(1, 2, 4), keepdims=True) + eps)
+  xhat = (xf - mean) * r
+  return xhat.reshape(b, h, w, c) * weight + bias, (xhat, r, weight)
+
+
+def _group_norm_bwd(groups, eps, res, dy):
+  del groups, eps
+  xhat, r, weight = res
+  b, h, w, g, k = xhat.shape
+  dweight = jnp.sum(dy * xhat.reshape(b, h, w, g * k), axis=(0, 1, 2))
+  dbias = jnp.sum(dy, axis=(0, 1, 2))
+  gk = (dy * weight).reshape(b, h, w, g, k)
+  dx = r * (gk - gk.mean(axis=(1, 2, 4), keepdims=True)
+            - xhat * (gk * xhat).mean(axis=(1, 2, 4), keepdims=True))
+  return dx.reshape(b, h, w, g * k), dweight, dbias
+
+
+group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
 
 
 # ----------------------------------------------------------------------------------------------
