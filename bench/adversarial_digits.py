@@ -31,13 +31,11 @@ existing sample files are reused, so an interrupted run continues.
 nothing. --tiny shrinks everything (one seed, one W, tiny networks, 2-step trainings, 20
 samples): the end-to-end test (tests/test_bench_adversarial.py).
 
-Runtime estimate (not measured on an idle machine): at full size, one fine-tuning step took about
-1.2 s on the shared, loaded 2-core CPU (a 6-step check after a 67 s compile; the base's own plain
-steps ran at 0.24 s there at a quieter time). So the three λ > 0 runs (800 steps) take about
-50 min there; the λ = 0 controls skip the discriminator step, about a third of that; the three
-2,000-step discriminators (batch 128, the smaller network) and the 20 sampling and evaluation runs
-add perhaps 20 to 30 min: about 1.5 hours on that CPU, less on an idle machine. The --tiny run
-(tests/test_bench_adversarial.py) took 56 s with a warm compile cache, 225 s cold, on that CPU.
+Runtime: the run in docs/adversarial.md (--disc-steps 2000 --adv-steps 400 --dg-weights 0.25 0.5
+1 2 4) took about 50 min on the 2-core CPU, some of it shared with unit tests. It ran in two
+passes: discriminators to 1,000 steps, then resumed to 2,000 with the DG sample files redone. The
+default 800 fine-tuning steps add about 10 min. The --tiny run (tests/test_bench_adversarial.py)
+takes about a minute.
 """
 
 from __future__ import annotations
