@@ -33,9 +33,9 @@ import jax.numpy as jnp
 from jaxdiff.denoiser import net_apply
 from jaxdiff.discriminator import DiscriminatorLoss, check_compatible, load_samples
 from jaxdiff.errors import JaxdiffError
-from jaxdiff.families import Family
+from jaxdiff.families import Family, frozen_argument_compile_step
 from jaxdiff.families.plain import make_optimizer
-from jaxdiff.train.step import StepParts, train_step
+from jaxdiff.train.step import StepParts
 
 _KEYS = ("model", "samples", "sigma_min", "sigma_max", "weight")
 _FAKE_STREAM = 0xFA4E  # fold_in of the step key: the generated batch's own stream
@@ -132,21 +132,9 @@ def loss(exp):
 
 def compile_step(step_cfg, exp, **jit_kwargs):
   """The skeleton with the samples as a third, replicated argument (not a program constant)."""
-  fake = load_fake(exp)
-  kw = dict(jit_kwargs)
-  if "in_shardings" in kw:
-    from jax.sharding import NamedSharding, PartitionSpec
-    batch_sh = kw["in_shardings"][1]
-    rep = None
-    if isinstance(batch_sh, NamedSharding):
-      rep = NamedSharding(batch_sh.mesh, PartitionSpec())
-      fake = jax.device_put(fake, rep)
-    kw["in_shardings"] = tuple(kw["in_shardings"]) + (rep,)
-
-  def step(state, batch, fake):
-    return train_step(step_cfg, discriminator_family_loss(exp.family_spec, *fake), state, batch)
-  jitted = jax.jit(step, **kw)
-  return lambda state, batch: jitted(state, batch, fake)
+  return frozen_argument_compile_step(
+      lambda fake: discriminator_family_loss(exp.family_spec, *fake), load_fake(exp), step_cfg,
+      **jit_kwargs)
 
 
 FAMILY = Family(name="discriminator", loss=loss, make_optimizer=make_optimizer,
