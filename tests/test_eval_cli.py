@@ -86,8 +86,9 @@ def test_eval_inception_metrics_random_weights(tmp_path, capsys):
   np.savez(wpath, **weights)
   rng = np.random.default_rng(0)
   fake, real = tmp_path / "fake.npz", tmp_path / "real.npz"
-  np.savez(fake, images=rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8))
-  np.savez(real, images=rng.integers(0, 120, (12, 16, 16, 1), dtype=np.uint8))
+  # 8 images, one batch of 8 per set: each Inception forward at 299x299 costs seconds here.
+  np.savez(fake, images=rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8))
+  np.savez(real, images=rng.integers(0, 120, (8, 16, 16, 1), dtype=np.uint8))
   stats = tmp_path / "ref.npz"
   assert main(["eval", "--samples", str(real), "--metric", "fid", "--ref", str(real),
                "--inception", str(wpath), "--save-ref", str(stats), "--batch", "8"]) == 0

@@ -19,7 +19,7 @@ from conftest import DIGITS, ROOT, run_cli
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 from digits_quality import real_digits_classifier, sample_accuracy  # noqa: E402
 
-STEPS = 600
+STEPS = 400
 
 
 @pytest.mark.slow

@@ -52,9 +52,11 @@ def _loss_and_grad(arch: str, remat: bool):
     out = net(x, c_noise, labels, train=True, rngs=nnx.Rngs(dropout=7))
     return jnp.mean(out ** 2)
 
-  value, grads = jax.jit(jax.value_and_grad(loss))(params)
-  jaxpr = str(jax.make_jaxpr(jax.grad(loss))(params))
-  return value, grads, jaxpr
+  # One trace serves both the program text and the values (tracing the multi-stage switch and its
+  # linearisation is most of this test's time).
+  traced = jax.jit(jax.value_and_grad(loss)).trace(params)
+  value, grads = traced.lower().compile()(params)
+  return value, grads, str(traced.jaxpr)
 
 
 @pytest.mark.parametrize("arch", sorted(SMALL))
