@@ -25,10 +25,13 @@ def test_shuffle_pairs_keeps_labels():
 def _train(root, name, *extra):
   workdir = root / name
   # Heun: the deterministic EDM sampler, and the one S_churn applies to (the digits default
-  # samples with iPNDM).
-  code, _, err = run_cli("train", "--config", DIGITS, "--workdir", str(workdir), *TINY,
-                         "--config.training.steps=2", "--config.sampler.solver=heun", *extra)
-  assert code == 0, err
+  # samples with iPNDM). In this process (what `jaxdiff train` runs, without a process start
+  # each); the comparisons below go through the CLI.
+  from jaxdiff.build import run_training
+  from jaxdiff.config import load_config
+  summary = run_training(load_config(DIGITS, [*TINY, "--config.training.steps=2",
+                                              "--config.sampler.solver=heun", *extra]), str(workdir))
+  assert summary["steps"] == 2
   return workdir
 
 

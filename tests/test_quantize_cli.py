@@ -11,10 +11,12 @@ from conftest import DIGITS, TINY, run_cli
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+  from jaxdiff.build import run_training
+  from jaxdiff.config import load_config
   workdir = tmp_path_factory.mktemp("run") / "w"
-  code, _, err = run_cli("train", "--config", DIGITS, "--workdir", str(workdir), *TINY,
-                         "--config.training.steps=2")
-  assert code == 0, err
+  # Trained in this process (no process start); `jaxdiff quantize` below runs through the CLI.
+  assert run_training(load_config(DIGITS, [*TINY, "--config.training.steps=2"]),
+                      str(workdir))["steps"] == 2
   return workdir
 
 
