@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from jaxdiff import xla_cpu  # noqa: E402
@@ -34,6 +32,9 @@ xla_cpu.apply()  # the XLA CPU flags the jaxdiff commands run with (before jax s
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from groupnorm import timed  # noqa: E402  (median of repeated calls after a warm-up call)
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -77,16 +78,6 @@ def variant(name: str):
 
 
 VARIANTS = ("lax", "im2col", "shifts")
-
-
-def timed(fn, args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
 
 
 def main(argv=None) -> int:
