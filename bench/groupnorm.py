@@ -10,9 +10,13 @@ respect to x, weight and bias), median of --repeats calls after a warm-up call. 
 
   two_pass     what jaxdiff.nets.layers.GroupNorm computes: mean, then mean((x - mean)^2)
   one_pass     var = mean(x^2) - mean^2: both statistics from one pass over x
-  custom_vjp   jaxdiff.nets.layers.group_norm: two-pass forward, the closed-form backward
+  custom_vjp   two-pass forward, the closed-form backward
                dx = r * (g - mean(g) - xhat * mean(g * xhat)),  g = dy * weight
+               (jaxdiff.nets.layers.group_norm until per_channel replaced it)
   custom_vjp_one_pass   both (a copy of that backward over one-pass statistics)
+  per_channel  jaxdiff.nets.layers.group_norm: custom_vjp's formulas with every group mean taken
+               as per-channel sums over the pixels, then over each group's channels (the other
+               variants reduce a [B, H, W, G, C/G] view whose minor axis is C/G = 2 wide)
 
 Every variant's output and gradients are checked against two_pass (max |difference| printed).
 Timings need an idle machine; the script prints the load average before and after.
@@ -87,7 +91,9 @@ def variant(name: str, groups: int):
     return lambda x, w, b: plain_group_norm(x, w, b, groups)
   if name == "one_pass":
     return lambda x, w, b: plain_group_norm(x, w, b, groups, one_pass=True)
-  if name == "custom_vjp":  # the library's GroupNorm
+  if name == "custom_vjp":  # the library's GroupNorm until its statistics became per-channel
+    return make_custom_vjp(groups, False)
+  if name == "per_channel":  # the library's GroupNorm: jaxdiff.nets.layers.group_norm
     from jaxdiff.nets.layers import group_norm
     return lambda x, w, b: group_norm(x, w, b, groups, EPS)
   if name == "custom_vjp_one_pass":
@@ -95,7 +101,7 @@ def variant(name: str, groups: int):
   raise ValueError(name)
 
 
-VARIANTS = ("two_pass", "one_pass", "custom_vjp", "custom_vjp_one_pass")
+VARIANTS = ("two_pass", "one_pass", "custom_vjp", "custom_vjp_one_pass", "per_channel")
 
 
 def grad_fn(gn):

@@ -1,5 +1,7 @@
 """Layers of the reference networks (jaxdiff/nets/layers.py) against NumPy float64 computations."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -149,6 +151,21 @@ def test_upsample_box_filter_is_nearest_neighbour():
   x = _rand(rng, 1, 3, 3, 2)
   nearest = np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)
   np.testing.assert_allclose(L.upsample2d(jnp.asarray(x), (1, 1)), nearest, rtol=1e-6)
+
+
+@pytest.mark.parametrize("up", [True, False])
+def test_box_resampling_is_the_depthwise_convolution_it_replaces(up):
+  """(1, 1) resampling runs as a repeat / 2x2 mean rather than a depthwise convolution (XLA:CPU's
+  is slow): the same values and input gradients as that convolution, to float32 round-off."""
+  x = jnp.asarray(_rand(np.random.default_rng(4), 2, 6, 6, 5))
+  k = L.resample_kernel((1, 1)) * (4 if up else 1)
+  fast = L.upsample2d if up else L.downsample2d
+  conv = functools.partial(L._depthwise, kernel2d=k, stride=2, padding=0, transpose=up)
+  chex.assert_trees_all_close(fast(x), conv(x), atol=1e-6, rtol=0)
+  ct = jnp.asarray(_rand(np.random.default_rng(5), *fast(x).shape))
+  grad = lambda f: jax.grad(lambda x_: jnp.vdot(f(x_), ct))(x)
+  chex.assert_trees_all_close(grad(fast), grad(conv), atol=1e-6, rtol=0)
+  chex.assert_shape(fast(x), (2, 12, 12, 5) if up else (2, 3, 3, 5))
 
 
 def test_upsample_preserves_constant_images():
