@@ -44,7 +44,9 @@ def op_kinds(hlo_text: str) -> dict[str, str]:
   kinds = {}
   for m in re.finditer(r"%([\w.\-]+) = [^\n]*?metadata=\{op_name=\"([^\"]*)\"", hlo_text):
     scopes = m.group(2).split("/")
-    kinds[m.group(1)] = next((k for s in reversed(scopes) for k in KINDS if s == k), "other")
+    # Under autodiff a scope reads "jvp(conv)" or "transpose(jvp(conv))".
+    inner = [re.sub(r"^(?:\w+\()+|\)+$", "", s) for s in reversed(scopes)]
+    kinds[m.group(1)] = next((s for s in inner if s in KINDS), "other")
   return kinds
 
 
