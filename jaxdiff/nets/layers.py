@@ -258,9 +258,8 @@ def group_norm(x, weight, bias, groups: int, eps: float):
   """torch's group_norm on NHWC float32 x: two-pass statistics (biased variance, as torch).
 
   The backward is the closed form, dx = r·(g − mean(g) − x̂·mean(g·x̂)) with g = dy·weight and the
-  means over each group, rather than autodiff through the mean / variance graph: on XLA:CPU the
-  forward + backward of GroupNorm + SiLU at DDPM++'s 32×32×64, batch 32, took 45 ms against 63 ms
-  (bench/groupnorm.py). Forward-mode autodiff (jvp) of a custom_vjp is not available.
+  means over each group (`_group_mean`), rather than autodiff through the mean / variance graph
+  (bench/groupnorm.py times both). Forward-mode autodiff (jvp) of a custom_vjp is not available.
   """
   return _group_norm_fwd(x, weight, bias, groups, eps)[0]
 
