@@ -5,6 +5,7 @@ The README's command at its full 1,600 steps is what bench/readme_time.sh times 
 the same command runs STEPS of them, so that the suite's longest test is not the whole README job
 run beside another worker (861 s of a 1,670 s suite). Every other setting is the README's: the
 learning-rate ramp and EMA are set in images, so the shortened run is the README run stopped early.
+400 is kept as the fewest steps that pass: at 300 the 1,000 samples scored 0.883 (2026-12-02).
 """
 
 import json
