@@ -365,6 +365,56 @@ def test_dropout_identity_in_eval_and_inverted_in_train():
     L.dropout(x, 0.3, train=True, rngs=None)
 
 
+def _np_threefry2x32(key, x0, x1):
+  """Threefry-2x32 with 20 rounds (Salmon et al. 2011, Random123), uint32 NumPy arrays."""
+  m = np.uint64(0xFFFFFFFF)
+  rot = lambda v, r: ((v << np.uint64(r)) | (v >> np.uint64(32 - r))) & m  # noqa: E731
+  ks = [np.uint64(key[0]), np.uint64(key[1])]
+  ks.append(ks[0] ^ ks[1] ^ np.uint64(0x1BD11BDA))
+  x = [(x0.astype(np.uint64) + ks[0]) & m, (x1.astype(np.uint64) + ks[1]) & m]
+  rotations = ((13, 15, 26, 6), (17, 29, 16, 24))
+  for i in range(5):
+    for r in rotations[i % 2]:
+      x[0] = (x[0] + x[1]) & m
+      x[1] = rot(x[1], r) ^ x[0]
+    x[0] = (x[0] + ks[(i + 1) % 3]) & m
+    x[1] = (x[1] + ks[(i + 2) % 3] + np.uint64(i + 1)) & m
+  return x[0].astype(np.uint32), x[1].astype(np.uint32)
+
+
+def test_keep_mask_is_threefry_words_against_the_threshold():
+  key = jax.random.key(11)
+  shape, p = (3, 2, 5, 8), 0.87
+  mask = np.asarray(jax.jit(lambda k: L.keep_mask(k, p, shape))(key))
+  chex.assert_shape(mask, shape)
+  assert mask.dtype == np.bool_
+  # Counter (image b, index i within the image's [2, 5, 4] half) -> two words: one for channel
+  # c, one for channel c + 4.
+  b, i = np.meshgrid(np.arange(3), np.arange(2 * 5 * 4), indexing="ij")
+  w0, w1 = _np_threefry2x32(np.asarray(jax.random.key_data(key)), b.astype(np.uint32),
+                            i.astype(np.uint32))
+  bits = np.concatenate([w0.reshape(3, 2, 5, 4), w1.reshape(3, 2, 5, 4)], axis=-1)
+  np.testing.assert_array_equal(mask, bits < np.uint32(round(p * 2**32)))
+
+
+def test_keep_mask_rate_and_fallbacks():
+  key = jax.random.key(5)
+  m = np.asarray(L.keep_mask(key, 0.7, (64, 16, 16, 32)))
+  n = m.size
+  # 6 binomial standard deviations; the two halves of the channels draw from different words.
+  assert abs(m.mean() - 0.7) < 6 * np.sqrt(0.7 * 0.3 / n)
+  a, b = m[..., :16].ravel().astype(float), m[..., 16:].ravel().astype(float)
+  assert abs(np.corrcoef(a, b)[0, 1]) < 6 / np.sqrt(n / 2)
+  assert not np.array_equal(m, np.asarray(L.keep_mask(jax.random.key(6), 0.7, m.shape)))
+  assert np.asarray(L.keep_mask(key, 1.0, (2, 4))).all()
+  assert not np.asarray(L.keep_mask(key, 0.0, (2, 4))).any()
+  for k, shape in ((key, (256, 7)), (jax.random.key(0, impl="rbg"), (64, 8)),
+                   (jax.random.PRNGKey(0), (64, 8))):  # odd last axis, rbg key, raw uint32 key
+    m = np.asarray(L.keep_mask(k, 0.5, shape))
+    chex.assert_shape(m, shape)
+    assert 0.4 < m.mean() < 0.6
+
+
 def _np_block(blk, x, emb):
   """The reference UNetBlock's order of operations in NumPy, from the block's own parameters."""
   gn = lambda n, v: np_group_norm(v, n.num_groups, _p(n.weight), _p(n.bias), n.eps)  # noqa: E731

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.extend.random import threefry2x32_p
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -360,11 +361,42 @@ def label_dropout(labels, rate: float, *, train: bool, rngs):
   return labels * keep.astype(labels.dtype)
 
 
+def keep_mask(key, p: float, shape) -> jax.Array:
+  """Bernoulli(p) booleans of `shape`: the 32-bit words of jax's threefry2x32 against p·2^32.
+
+  jax.random.bernoulli's partitionable draw evaluates threefry2x32 once per element and XORs the
+  two output words; here each evaluation feeds two elements (one in each half of the last axis),
+  so a dropout mask costs half the threefry work (2.5-3x faster at DDPM++'s 32x32x64, batch 32, on
+  XLA:CPU; docs/bench.md). The counters are (batch index, index within the image), so the draw
+  stays elementwise along the batch axis and partitions over a sharded batch like jax's own.
+  Falls back to jax.random.bernoulli for an odd last axis or a non-threefry key.
+  """
+  shape = tuple(shape)
+  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    if str(jax.random.key_impl(key)) != "threefry2x32":
+      return jax.random.bernoulli(key, p, shape)
+    key = jax.random.key_data(key)
+  if len(shape) < 2 or shape[-1] % 2 or key.shape != (2,):
+    return jax.random.bernoulli(jax.random.wrap_key_data(key), p, shape)
+  half = shape[:-1] + (shape[-1] // 2,)
+  per_image = int(np.prod(half[1:]))
+  if per_image >= 2**32:
+    return jax.random.bernoulli(jax.random.wrap_key_data(key), p, shape)
+  count_hi = jax.lax.broadcasted_iota(jnp.uint32, half, 0)
+  count_lo = jnp.broadcast_to(jnp.arange(per_image, dtype=jnp.uint32).reshape(half[1:]), half)
+  bits_a, bits_b = threefry2x32_p.bind(key[0], key[1], count_hi, count_lo)
+  bits = jnp.concatenate([bits_a, bits_b], axis=-1)
+  threshold = int(round(float(p) * 2**32))
+  if threshold >= 2**32:
+    return jnp.ones(shape, bool)
+  return bits < np.uint32(threshold)
+
+
 def dropout(x, rate: float, *, train: bool, rngs):
   """Inverted dropout (kept values scaled by 1/(1-rate)), active only when training."""
   if not train or rate == 0:
     return x
-  keep = jax.random.bernoulli(dropout_key(rngs), 1.0 - rate, x.shape)
+  keep = keep_mask(dropout_key(rngs), 1.0 - rate, x.shape)
   return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
