@@ -271,6 +271,71 @@ def test_group_norm_gradient_is_the_numpy_finite_difference(channels, eps):
     np.testing.assert_allclose(np.asarray(got).reshape(-1), want, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_group_norm_silu_matches_numpy_and_its_finite_difference(adaptive):
+  """group_norm_silu (one custom_vjp) against float64 NumPy silu(shift + GN(x) * a): the output,
+  and central differences for x, weight, bias, a and shift through <y, ct>."""
+  rng = np.random.default_rng(13)
+  channels, groups, eps = 8, 4, 1e-5
+  x = _rand(rng, 2, 3, 3, channels, scale=2.0) + 0.7
+  gamma = 1.0 + 0.3 * _rand(rng, channels)
+  beta = 0.2 * _rand(rng, channels)
+  a = 1.0 + 0.3 * _rand(rng, 2, 1, 1, channels)
+  shift = 0.3 * _rand(rng, 2, 1, 1, channels)
+  ct = _rand(rng, 2, 3, 3, channels)
+  args = [x, gamma, beta] + ([a, shift] if adaptive else [])
+
+  def np_f(x_, g_, b_, a_=None, s_=None):
+    y = np_group_norm(x_, groups, g_, b_, eps)
+    return np_silu(y if a_ is None else s_ + y * a_)
+
+  def jx_f(x_, g_, b_, a_=None, s_=None):
+    return L.group_norm_silu(x_, g_, b_, a_, s_, groups, eps)
+
+  f32 = [jnp.asarray(v, jnp.float32) for v in args]
+  out = jx_f(*f32)
+  chex.assert_shape(out, x.shape)
+  chex.assert_type(out, jnp.float32)
+  np.testing.assert_allclose(out, np_f(*args), rtol=1e-5, atol=1e-6)
+  grads = jax.grad(lambda *v: jnp.sum(jx_f(*v) * ct), argnums=tuple(range(len(args))))(*f32)
+  f = lambda *v: float(np.sum(np_f(*v) * ct))  # noqa: E731
+  args64 = [np.asarray(v, np.float64) for v in args]
+  for i, got in enumerate(grads):
+    chex.assert_shape(got, args64[i].shape)
+    chex.assert_type(got, jnp.float32)
+    want = np.zeros(args64[i].size)
+    h = 1e-6
+    for j in range(args64[i].size):
+      up = [v.copy() for v in args64]
+      dn = [v.copy() for v in args64]
+      up[i].reshape(-1)[j] += h
+      dn[i].reshape(-1)[j] -= h
+      want[j] = (f(*up) - f(*dn)) / (2 * h)
+    np.testing.assert_allclose(np.asarray(got).reshape(-1), want, rtol=1e-3, atol=1e-4)
+
+
+def test_group_norm_silu_method_is_the_composition():
+  """GroupNorm.silu gives the same float32 values as nnx.silu of the module's output (the
+  networks' parity with the reference rests on it) and gradients within float32 round-off."""
+  rng = np.random.default_rng(14)
+  gn = L.GroupNorm(16)
+  _randomize(nnx.Dict({"norm": gn}), rng)
+  x = jnp.asarray(_rand(rng, 2, 4, 4, 16, scale=2.0) + 0.5)
+  scale, shift = (jnp.asarray(0.3 * _rand(rng, 2, 1, 1, 16)) for _ in range(2))
+  ct = jnp.asarray(_rand(rng, 2, 4, 4, 16))
+  cases = ((lambda x_, s_, t_: gn.silu(x_), lambda x_, s_, t_: nnx.silu(gn(x_))),
+           (lambda x_, s_, t_: gn.silu(x_, scale=s_, shift=t_),
+            lambda x_, s_, t_: nnx.silu(t_ + gn(x_) * (s_ + 1))))
+  for fused, composed in cases:
+    np.testing.assert_array_equal(fused(x, scale, shift), composed(x, scale, shift))
+    g1 = jax.grad(lambda *v: jnp.sum(fused(*v) * ct), argnums=(0, 1, 2))(x, scale, shift)
+    g2 = jax.grad(lambda *v: jnp.sum(composed(*v) * ct), argnums=(0, 1, 2))(x, scale, shift)
+    for p, q in zip(g1, g2):
+      np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="both scale and shift"):
+    gn.silu(x, scale=scale)
+
+
 def test_group_norm_bf16_keeps_input_dtype():
   gn = L.GroupNorm(8)
   x = jnp.asarray(_rand(np.random.default_rng(8), 1, 4, 4, 8)).astype(jnp.bfloat16)

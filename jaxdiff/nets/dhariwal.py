@@ -110,7 +110,7 @@ class DhariwalUNet(nnx.Module):
       if x.shape[-1] != block.in_channels:
         x = jnp.concatenate([x, skips.pop()], axis=-1)
       x = block(x, emb, train=train, rngs=rngs)
-    x = self.out_conv(nnx.silu(self.out_norm(x)))
+    x = self.out_conv(self.out_norm.silu(x))
     return x.astype(jnp.float32)
 
 

@@ -253,6 +253,18 @@ class GroupNorm(nnx.Module):
                    self.eps)
     return y.astype(x.dtype)
 
+  @_scoped("group_norm")
+  def silu(self, x, scale=None, shift=None):
+    """silu(shift + self(x) * (scale + 1)), scale / shift [B, 1, 1, C] or None, in one custom_vjp
+    (`group_norm_silu`); the same float32 forward as nnx.silu of the composition."""
+    if (scale is None) != (shift is None):
+      raise ValueError("GroupNorm.silu takes both scale and shift, or neither")
+    a = None if scale is None else scale.astype(jnp.float32) + 1
+    b = None if shift is None else shift.astype(jnp.float32)
+    y = group_norm_silu(x.astype(jnp.float32), self.weight[...], self.bias[...], a, b,
+                        self.num_groups, self.eps)
+    return y.astype(x.dtype)
+
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def group_norm(x, weight, bias, groups: int, eps: float):
@@ -298,6 +310,70 @@ def _group_norm_bwd(groups, eps, res, dy):
 
 
 group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def group_norm_silu(x, weight, bias, a, shift, groups: int, eps: float):
+  """silu(shift + group_norm(x, weight, bias) * a) for NHWC float32 x; a, shift broadcast
+  against [B, 1, 1, C] (a = 1 + the block's adaptive scale), or both None: silu(group_norm(x)).
+
+  Every DDPM++ / ADM block applies GroupNorm, then its scale / shift, then SiLU. One custom_vjp
+  keeps only x and the group statistics for the backward pass (xhat and the SiLU input are
+  recomputed), and its backward needs one reduction pass, per-(image, channel) sums of dz and
+  dz·xhat (dz = dy·silu'(u)), from which the GroupNorm closed form's group means, the weight,
+  bias, a and shift gradients all follow. Alone at 32x32x64, batch 32, on XLA:CPU its forward +
+  backward ran 3.6x fewer thunk-ms than the composition (docs/bench.md).
+  """
+  return _group_norm_silu_fwd(x, weight, bias, a, shift, groups, eps)[0]
+
+
+def _gn_silu_input(x, mean, r, weight, bias, a, shift):
+  xhat = (x - mean) * r
+  y = xhat * weight + bias
+  return xhat, (y if a is None else shift + y * a)  # the composition's order of operations
+
+
+def _group_norm_silu_fwd(x, weight, bias, a, shift, groups, eps):
+  mean = _group_mean(x, groups)
+  r = jax.lax.rsqrt(_group_mean(jnp.square(x - mean), groups) + eps)
+  _, u = _gn_silu_input(x, mean, r, weight, bias, a, shift)
+  return jax.nn.silu(u), (x, mean, r, weight, bias, a, shift)
+
+
+def _sum_to(v, shape):
+  """v summed over the axes where `shape` (same rank) has size 1."""
+  axes = tuple(i for i, (n, m) in enumerate(zip(v.shape, shape)) if m == 1 and n != 1)
+  return v.sum(axis=axes, keepdims=True).reshape(shape)
+
+
+@_scoped("group_norm")
+def _group_norm_silu_bwd(groups, eps, res, dy):
+  del eps
+  x, mean, r, weight, bias, a, shift = res
+  b, h, w, c = x.shape
+  xhat, u = _gn_silu_input(x, mean, r, weight, bias, a, shift)
+  sig = jax.nn.sigmoid(u)
+  dz = dy * (sig * (1 + u * (1 - sig)))  # d silu(u) / du = sig + u sig (1 - sig)
+  s1 = dz.sum(axis=(1, 2), keepdims=True)  # [B, 1, 1, C]
+  s2 = (dz * xhat).sum(axis=(1, 2), keepdims=True)
+  wa = weight if a is None else weight * a  # d u / d xhat
+  k = c // groups
+
+  def group_mean(v):  # [B, 1, 1, C] per-channel pixel sums -> each group's mean over its pixels
+    v = jnp.broadcast_to(v, (b, 1, 1, c)).reshape(b, groups, k).sum(axis=-1) / (h * w * k)
+    return jnp.repeat(v, k, axis=1)[:, None, None, :]
+
+  dx = r * (dz * wa - group_mean(wa * s1) - xhat * group_mean(wa * s2))
+  if a is None:
+    return dx, s2.sum(axis=(0, 1, 2)), s1.sum(axis=(0, 1, 2)), None, None
+  dweight = (a * s2).sum(axis=(0, 1, 2))
+  dbias = (a * s1).sum(axis=(0, 1, 2))
+  da = _sum_to(weight * s2 + bias * s1, a.shape)
+  dshift = _sum_to(s1, shift.shape)
+  return dx, dweight, dbias, da, dshift
+
+
+group_norm_silu.defvjp(_group_norm_silu_fwd, _group_norm_silu_bwd)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -455,14 +531,14 @@ class UNetBlock(nnx.Module):
 
   def forward(self, x, emb, *, train: bool = False, rngs=None):
     orig = x
-    x = self.conv0(nnx.silu(self.norm0(x)))
+    x = self.conv0(self.norm0.silu(x))
 
     params = self.affine(emb)[:, None, None, :].astype(x.dtype)
     if self.adaptive_scale:
       scale, shift = jnp.split(params, 2, axis=-1)
-      x = nnx.silu(shift + self.norm1(x) * (scale + 1))
+      x = self.norm1.silu(x, scale=scale, shift=shift)
     else:
-      x = nnx.silu(self.norm1(x + params))
+      x = self.norm1.silu(x + params)
 
     x = self.conv1(dropout(x, self.dropout, train=train, rngs=rngs))
     x = x + (self.skip(orig) if self.skip is not None else orig)
