@@ -460,12 +460,12 @@ def keep_mask(key, p: float, shape) -> jax.Array:
     return jax.random.bernoulli(jax.random.wrap_key_data(key), p, shape)
   count_hi = jax.lax.broadcasted_iota(jnp.uint32, half, 0)
   count_lo = jnp.broadcast_to(jnp.arange(per_image, dtype=jnp.uint32).reshape(half[1:]), half)
-  bits_a, bits_b = threefry2x32_p.bind(key[0], key[1], count_hi, count_lo)
-  bits = jnp.concatenate([bits_a, bits_b], axis=-1)
   threshold = int(round(float(p) * 2**32))
   if threshold >= 2**32:
     return jnp.ones(shape, bool)
-  return bits < np.uint32(threshold)
+  bits_a, bits_b = threefry2x32_p.bind(key[0], key[1], count_hi, count_lo)
+  # Compared before the concatenation: booleans are a quarter of the words' bytes.
+  return jnp.concatenate([bits_a < np.uint32(threshold), bits_b < np.uint32(threshold)], axis=-1)
 
 
 def dropout(x, rate: float, *, train: bool, rngs):
