@@ -242,6 +242,21 @@ def test_group_norm_matches_numpy(channels, eps):
   np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
 
 
+def _assert_central_differences(grads, f, args, h=1e-6):
+  """Each float32 gradient in `grads` against central differences of the float64 scalar f."""
+  for i, got in enumerate(grads):
+    chex.assert_shape(got, args[i].shape)
+    chex.assert_type(got, jnp.float32)
+    want = np.zeros(args[i].size)
+    for j in range(args[i].size):
+      up = [a.copy() for a in args]
+      dn = [a.copy() for a in args]
+      up[i].reshape(-1)[j] += h
+      dn[i].reshape(-1)[j] -= h
+      want[j] = (f(*up) - f(*dn)) / (2 * h)
+    np.testing.assert_allclose(np.asarray(got).reshape(-1), want, rtol=1e-3, atol=1e-4)
+
+
 @pytest.mark.parametrize("channels,eps", [(8, 1e-5), (12, 1e-6)])
 def test_group_norm_gradient_is_the_numpy_finite_difference(channels, eps):
   """The closed-form backward (custom_vjp) against central differences of the float64 NumPy
@@ -257,18 +272,7 @@ def test_group_norm_gradient_is_the_numpy_finite_difference(channels, eps):
       jnp.asarray(x, jnp.float32), jnp.asarray(gamma, jnp.float32),
       jnp.asarray(beta, jnp.float32))
   args = [np.asarray(a, np.float64) for a in (x, gamma, beta)]
-  for i, got in enumerate(grads):
-    chex.assert_shape(got, args[i].shape)
-    chex.assert_type(got, jnp.float32)
-    want = np.zeros(args[i].size)
-    h = 1e-6
-    for j in range(args[i].size):
-      up = [a.copy() for a in args]
-      dn = [a.copy() for a in args]
-      up[i].reshape(-1)[j] += h
-      dn[i].reshape(-1)[j] -= h
-      want[j] = (f(*up) - f(*dn)) / (2 * h)
-    np.testing.assert_allclose(np.asarray(got).reshape(-1), want, rtol=1e-3, atol=1e-4)
+  _assert_central_differences(grads, f, args)
 
 
 @pytest.mark.parametrize("adaptive", [False, True])
@@ -300,18 +304,7 @@ def test_group_norm_silu_matches_numpy_and_its_finite_difference(adaptive):
   grads = jax.grad(lambda *v: jnp.sum(jx_f(*v) * ct), argnums=tuple(range(len(args))))(*f32)
   f = lambda *v: float(np.sum(np_f(*v) * ct))  # noqa: E731
   args64 = [np.asarray(v, np.float64) for v in args]
-  for i, got in enumerate(grads):
-    chex.assert_shape(got, args64[i].shape)
-    chex.assert_type(got, jnp.float32)
-    want = np.zeros(args64[i].size)
-    h = 1e-6
-    for j in range(args64[i].size):
-      up = [v.copy() for v in args64]
-      dn = [v.copy() for v in args64]
-      up[i].reshape(-1)[j] += h
-      dn[i].reshape(-1)[j] -= h
-      want[j] = (f(*up) - f(*dn)) / (2 * h)
-    np.testing.assert_allclose(np.asarray(got).reshape(-1), want, rtol=1e-3, atol=1e-4)
+  _assert_central_differences(grads, f, args64)
 
 
 def test_group_norm_silu_method_is_the_composition():
