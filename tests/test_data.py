@@ -17,6 +17,24 @@ def test_digits_source_range_and_shape():
   assert set(np.unique(labels)) == set(range(10))
 
 
+def test_digits_arrays_are_scikit_learns_load_digits():
+  from sklearn.datasets import load_digits
+  from jaxdiff.data.digits import load_digits_arrays
+  pixels, labels = load_digits_arrays()
+  d = load_digits()
+  np.testing.assert_array_equal(pixels, d.images)
+  np.testing.assert_array_equal(labels, d.target)
+  chex.assert_type(labels, np.int32)
+
+
+def test_digits_without_scikit_learns_file_is_a_clear_error(monkeypatch):
+  import importlib.util
+  from jaxdiff.data import digits
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+  with pytest.raises(JaxdiffError, match="pip install scikit-learn"):
+    digits.load_digits_arrays()
+
+
 def test_batch_order_is_pure_and_covers_each_epoch():
   n, b = 50, 16
   first = np.concatenate([batch_indices(s, b, n, seed=3) for s in range(10)])

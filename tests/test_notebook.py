@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import ORIGINAL_XLA_FLAGS, ROOT
+from conftest import ROOT
 
 NOTEBOOK = os.path.join(ROOT, "notebooks", "quickstart.ipynb")
 FIGURES = ("samples.png", "trajectory.png", "solvers.png", "multistage_boundaries.png")
@@ -33,11 +33,9 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
   monkeypatch.setenv("QUICKSTART_WORKDIR", str(tmp_path / "run"))
   monkeypatch.setenv("QUICKSTART_FIGS", str(figs))
   monkeypatch.setenv("MPLBACKEND", "Agg")
-  # The notebook trains for real: the optimised XLA backend, as a user's kernel has it.
-  if ORIGINAL_XLA_FLAGS:
-    monkeypatch.setenv("XLA_FLAGS", ORIGINAL_XLA_FLAGS)
-  else:
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
+  # Its cells are checked for running and plotting, not for quality: a third of its 300 steps,
+  # with the session's fast-compiling XLA backend (same code path; 93 -> 73 s alone, 2026-12-02).
+  monkeypatch.setenv("QUICKSTART_STEPS", "100")
   nb = nbformat.read(NOTEBOOK, as_version=4)
   nbclient.NotebookClient(nb, timeout=400, kernel_name="python3",
                           resources={"metadata": {"path": os.path.dirname(NOTEBOOK)}}).execute()

@@ -29,8 +29,11 @@ def _final(workdir):
   return model.params, model.sample(4, seed=1, steps=2)
 
 
-def _straight(tmp_path):
-  workdir = str(tmp_path / "straight")
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  """The uninterrupted run's final params and samples: one run for both signals (the file runs
+  on one xdist worker)."""
+  workdir = str(tmp_path_factory.mktemp("straight"))
   train(load_config(DIGITS, OVERRIDES), workdir)
   return _final(workdir)
 
@@ -59,7 +62,7 @@ def _interrupt(workdir, sig, at_step=20):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_interrupted_run_resumes_exactly(tmp_path, sig):
+def test_interrupted_run_resumes_exactly(tmp_path, sig, straight):
   workdir = str(tmp_path / "interrupted")
   code, out, err = _interrupt(workdir, sig)
   if sig == signal.SIGTERM:
@@ -72,7 +75,7 @@ def test_interrupted_run_resumes_exactly(tmp_path, sig):
   resumed = train(load_config(DIGITS, OVERRIDES), workdir)
   assert 20 <= resumed["start_step"] < STEPS and resumed["steps"] == STEPS
   params_b, samples_b = _final(workdir)
-  params_a, samples_a = _straight(tmp_path)
+  params_a, samples_a = straight
   chex.assert_trees_all_equal(params_a, params_b)
   np.testing.assert_array_equal(samples_a, samples_b)
 

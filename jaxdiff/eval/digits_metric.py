@@ -64,10 +64,10 @@ class DigitsClassifier(nnx.Module):
 
 def real_digits() -> tuple[np.ndarray, np.ndarray]:
   """All 1797 scikit-learn digits as uint8 [N, 8, 8, 1] and int32 labels [N]."""
-  from sklearn.datasets import load_digits
-  d = load_digits()
-  images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-  return images, d.target.astype(np.int32)
+  from jaxdiff.data.digits import load_digits_arrays
+  pixels, labels = load_digits_arrays()
+  images = np.round(pixels * (255.0 / 16.0)).astype(np.uint8)[..., None]
+  return images, labels
 
 
 def split_indices(n: int) -> tuple[np.ndarray, np.ndarray]:
