@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import DIGITS, ROOT, TINY, run_cli
+from conftest import DIGITS, ROOT, TINY, run_main
 from jaxdiff import build, families
 from jaxdiff.build import run_training as train
 from jaxdiff.config import load_config
@@ -155,7 +155,7 @@ def _tree_files(d):
 
 
 @pytest.mark.slow
-def test_finetuned_workdir_loads_samples_resumes_and_bad_inputs_are_refused(tmp_path):
+def test_finetuned_workdir_loads_samples_resumes_and_bad_inputs_are_refused(tmp_path, capsys):
   import jaxdiff
   base, ft = str(tmp_path / "base"), str(tmp_path / "ft")
   train(load_config(DIGITS, TINY + ["--config.training.steps=2"]), base)
@@ -178,8 +178,8 @@ def test_finetuned_workdir_loads_samples_resumes_and_bad_inputs_are_refused(tmp_
   for workdir, bad, msg in (
       (ft, "--config.data.num_classes=0", "with 10 classes, this config's data are 8x8x1 with 0"),
       (fresh, "--config.model.model_channels=16", "other parameter shapes")):
-    code, _, err = run_cli("train", "--config", ADV, "--workdir", workdir, *(TINY + ATINY),
-                           f"--config.adversarial.init={base}", bad)
+    code, _, err = run_main(capsys, "train", "--config", ADV, "--workdir", workdir, *(TINY + ATINY),
+                            f"--config.adversarial.init={base}", bad)
     assert code == 2, err
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert msg in lines[-1] and len(lines) == 1, err

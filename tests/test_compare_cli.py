@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import DIGITS, TINY, run_cli
+from conftest import DIGITS, TINY, run_cli, run_main
 from jaxdiff.cli import main
 from jaxdiff.cli.compare import shuffle_pairs
 
@@ -113,7 +113,7 @@ def _one_line_error(code, err, *needles):
 @pytest.mark.slow  # three tiny trainings through the CLI, then sampling
 def test_refusals(runs, capsys):
   a, u = str(runs["a"]), str(runs["uncond"])
-  code, _, err = run_cli("compare", "--workdir", a, "--workdir", u, "--num", "4")
+  code, _, err = run_main(capsys, "compare", "--workdir", a, "--workdir", u, "--num", "4")
   _one_line_error(code, err, "10 classes", "0", "label count")
   assert main(["compare", "--workdir", a, "--workdir", a, "--num", "4",
                "--solver", "euler_ancestral"]) == 2

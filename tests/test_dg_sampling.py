@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import jaxdiff
-from conftest import DIGITS, ROOT, TINY, run_cli
+from conftest import DIGITS, ROOT, TINY, run_main
 from jaxdiff import build, families
 from jaxdiff.build import run_training as train
 from jaxdiff.config import load_config
@@ -81,10 +81,11 @@ def test_guided_denoiser_is_d_plus_w_sigma2_grad_logit(runs):
                                 np.asarray(model.denoise(x, sigma, labels)))
 
 
-def test_cli_equals_python(runs, tmp_path):
+def test_cli_equals_python(runs, tmp_path, capsys):
   out = str(tmp_path / "dg.npz")
-  code, _, err = run_cli("sample", "--workdir", runs[0], "--num", "6", "--out", out, "--seed", "2",
-                         "--steps", "3", "--discriminator", runs[1], "--dg-weight", "20")
+  code, _, err = run_main(capsys, "sample", "--workdir", runs[0], "--num", "6", "--out", out,
+                          "--seed", "2",
+                          "--steps", "3", "--discriminator", runs[1], "--dg-weight", "20")
   assert code == 0, err
   want = with_discriminator(jaxdiff.load(runs[0]), runs[1], 20.0).sample(6, seed=2, steps=3)
   np.testing.assert_array_equal(np.load(out)["images"], want)
@@ -96,7 +97,7 @@ def _fresh_model(*extra):
   return Model(exp, graphdef, params)
 
 
-def test_a_discriminator_of_other_data_is_refused(runs, tmp_path):
+def test_a_discriminator_of_other_data_is_refused(runs, tmp_path, capsys):
   disc = jaxdiff.load(runs[1], ema=False)
   for extra, needle in ((["--config.data.num_classes=0"], "0 classes"),
                         (["--config.data.resolution=16"], "16x16")):
@@ -107,8 +108,8 @@ def test_a_discriminator_of_other_data_is_refused(runs, tmp_path):
   # A workdir that is not a discriminator, and --dg-weight without one: exit 2, nothing written.
   for args, needle in ((["--discriminator", runs[0]], "'plain' workdir"),
                        (["--dg-weight", "1"], "needs --discriminator")):
-    code, _, err = run_cli("sample", "--workdir", runs[0], "--num", "2", "--out", out,
-                           "--steps", "3", *args)
+    code, _, err = run_main(capsys, "sample", "--workdir", runs[0], "--num", "2", "--out", out,
+                            "--steps", "3", *args)
     assert code == 2 and needle in err.strip().splitlines()[-1], err
     assert not os.path.exists(out)
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import DIGITS, ROOT, TINY, run_cli
+from conftest import DIGITS, ROOT, TINY, run_main
 from jaxdiff import build, families
 from jaxdiff.build import run_training as train
 from jaxdiff.config import load_config
@@ -136,13 +136,13 @@ def test_bad_inputs_are_one_line_errors_and_nothing_is_written(inputs, tmp_path)
 
 
 @pytest.mark.slow
-def test_cli_refuses_a_samples_file_of_another_shape(inputs, tmp_path):
+def test_cli_refuses_a_samples_file_of_another_shape(inputs, tmp_path, capsys):
   wrong = _bad_samples(tmp_path, images=np.zeros((4, 16, 16, 1), np.uint8),
                        labels=np.zeros(4, np.int32))
   work = str(tmp_path / "never")
-  code, _, err = run_cli("train", "--config", DISC, "--workdir", work, *DTINY,
-                         f"--config.discriminator.model={inputs[0]}",
-                         f"--config.discriminator.samples={wrong}")
+  code, _, err = run_main(capsys, "train", "--config", DISC, "--workdir", work, *DTINY,
+                          f"--config.discriminator.model={inputs[0]}",
+                          f"--config.discriminator.samples={wrong}")
   assert code == 2, err
   assert "shape" in err.strip().splitlines()[-1]
   assert not os.path.exists(work)

@@ -1,5 +1,6 @@
 """Multi-stage training: stage masses, restricted σ, and idle decoders left untouched."""
 
+import functools
 import math
 
 import chex
@@ -68,7 +69,7 @@ def test_stratified_counts():
     stages.stratified_counts((0.5, 0.5, 0.0), 2)
 
 
-def _setup(mode="stochastic", probs=(1 / 3, 1 / 3, 1 / 3), constant=True, dispatch=False):
+def _net_params(constant=True):
   net = MultiStageUNet(img_resolution=4, in_channels=1, out_channels=1, label_dim=0,
                        model_channels=4, decoder_channels=(8, 4, 4),
                        c_noise_boundaries=c_noise_boundaries(BOUNDS), channel_mult=(1,),
@@ -78,7 +79,14 @@ def _setup(mode="stochastic", probs=(1 / 3, 1 / 3, 1 / 3), constant=True, dispat
     if constant:  # (else the output still depends on the encoder, so it gets gradients)
       dec.out_conv.weight[...] = jnp.zeros_like(dec.out_conv.weight[...])
     dec.out_conv.bias[...] = jnp.full_like(dec.out_conv.bias[...], k + 1.0)
-  graphdef, params = nnx.split(net, nnx.Param)
+  return nnx.split(net, nnx.Param)
+
+
+@functools.cache
+def _step(mode, probs, dispatch):
+  """(optimizer, step) for a step config; cached, so that the tests of this file trace and
+  compile each program once (the parameter values do not enter the program)."""
+  graphdef, _ = _net_params()
   opt = partitioned_adam(1e-2, 8, 1.0)
   cfg = StepConfig(graphdef=graphdef, precond=precond_lib.EDMPrecond(), loss=LOSS, optimizer=opt,
                    label_dim=0, batch_size=8, ema_halflife_images=100.0, ema_rampup_ratio=None)
@@ -86,6 +94,12 @@ def _setup(mode="stochastic", probs=(1 / 3, 1 / 3, 1 / 3), constant=True, dispat
   ms = MultiStageConfig(BOUNDS, probs, mode, counts)
   step = (StageDispatch(cfg, ms) if dispatch
           else jax.jit(lambda s, b: multistage_train_step(cfg, ms, s, b)))
+  return opt, step
+
+
+def _setup(mode="stochastic", probs=(1 / 3, 1 / 3, 1 / 3), constant=True, dispatch=False):
+  graphdef, params = _net_params(constant)
+  opt, step = _step(mode, probs, dispatch)
   return graphdef, params, init_state(params, opt, 0), step
 
 
@@ -169,11 +183,12 @@ def test_stratified_updates_every_decoder():
 
 
 @pytest.mark.slow  # end to end through the CLI: per-stage programs, checkpoints, resume, sampling
-def test_cli_trains_resumes_and_samples_a_multistage_model(tmp_path):
+def test_cli_trains_resumes_and_samples_a_multistage_model(tmp_path, capsys):
   import json
   import os
 
-  from conftest import ROOT, run_cli
+  from conftest import ROOT
+  from jaxdiff.cli import main  # in process: the second run reuses the first's traced programs
   config = os.path.join(ROOT, "configs", "digits_multistage.py")
   small = ["--config.model.model_channels=8", "--config.model.decoder_channels=(8,8,4)",
            "--config.model.channel_mult=(1,)", "--config.model.num_blocks=1",
@@ -182,16 +197,14 @@ def test_cli_trains_resumes_and_samples_a_multistage_model(tmp_path):
            "--config.training.log_every=1", "--config.training.sample_every=0",
            "--config.sampler.num_steps=3"]
   workdir = str(tmp_path / "ms")
-  code, out, err = run_cli("train", "--config", config, "--workdir", workdir, "--json",
-                           "--config.training.steps=3", *small)
-  assert code == 0, err[-2000:]
-  assert json.loads(out)["steps"] == 3
-  code, out, err = run_cli("train", "--config", config, "--workdir", workdir, "--json",
-                           "--config.training.steps=6", *small)
-  assert code == 0, err[-2000:]
+  assert main(["train", "--config", config, "--workdir", workdir, "--json",
+               "--config.training.steps=3", *small]) == 0
+  assert json.loads(capsys.readouterr().out)["steps"] == 3
+  assert main(["train", "--config", config, "--workdir", workdir, "--json",
+               "--config.training.steps=6", *small]) == 0
+  out, err = capsys.readouterr()
   assert "resuming" in err and json.loads(out)["start_step"] == 3
   samples = tmp_path / "s.npz"
-  code, _, err = run_cli("sample", "--workdir", workdir, "--num", "6", "--out", str(samples))
-  assert code == 0, err[-2000:]
+  assert main(["sample", "--workdir", workdir, "--num", "6", "--out", str(samples)]) == 0
   data = np.load(samples)
   assert data["images"].shape == (6, 8, 8, 1) and data["images"].dtype == np.uint8

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import DIGITS, TINY, run_cli
+from conftest import DIGITS, TINY, run_main
 
 
 @pytest.fixture(scope="module")
@@ -21,14 +21,14 @@ def trained(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_quantize_w8_is_a_workdir_load_and_sample_use(trained, tmp_path):
+def test_quantize_w8_is_a_workdir_load_and_sample_use(trained, tmp_path, capsys):
   import jax.numpy as jnp
 
   import jaxdiff
   from jaxdiff import quant
   out = tmp_path / "q8"
-  code, stdout, err = run_cli("quantize", "--workdir", str(trained), "--out", str(out),
-                              "--bits", "8", "--json")
+  code, stdout, err = run_main(capsys, "quantize", "--workdir", str(trained), "--out", str(out),
+                               "--bits", "8", "--json")
   assert code == 0, err
   summary = json.loads(stdout)
   assert summary["name"] == "W8" and summary["integer_fraction"] > 0.9
@@ -51,14 +51,14 @@ def test_quantize_w8_is_a_workdir_load_and_sample_use(trained, tmp_path):
   ints = [v for v in __import__("jax").tree.leaves(q.params) if v.dtype == jnp.int8]
   assert ints and q.graphdef != src.graphdef
   assert 0 < float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) < 0.05
-  code, _, err = run_cli("sample", "--workdir", str(out), "--num", "2", "--out",
-                         str(tmp_path / "s.npz"))
+  code, _, err = run_main(capsys, "sample", "--workdir", str(out), "--num", "2", "--out",
+                          str(tmp_path / "s.npz"))
   assert code == 0, err
   assert np.load(tmp_path / "s.npz")["images"].shape == (2, *src.shape)
 
 
 @pytest.mark.slow
-def test_quantize_w8a8_calibrated_on_the_sampler_is_a_workdir(trained, tmp_path):
+def test_quantize_w8a8_calibrated_on_the_sampler_is_a_workdir(trained, tmp_path, capsys):
   """--activations: the record names the calibration (one batch per network evaluation of the
   run's own sampler); load gives the qwix W8A8 network on the stored integers and static scales,
   equal to quantizing in memory with the same calibration set; sample and eval --workdir run."""
@@ -66,8 +66,8 @@ def test_quantize_w8a8_calibrated_on_the_sampler_is_a_workdir(trained, tmp_path)
   from jaxdiff import quant, sampling
   from jaxdiff.cli.quantize import calibration_set
   out = tmp_path / "q8a8"
-  code, stdout, err = run_cli("quantize", "--workdir", str(trained), "--out", str(out),
-                              "--bits", "8", "--activations", "--calib-num", "4", "--json")
+  code, stdout, err = run_main(capsys, "quantize", "--workdir", str(trained), "--out", str(out),
+                               "--bits", "8", "--activations", "--calib-num", "4", "--json")
   assert code == 0, err
   summary = json.loads(stdout)
   assert summary["name"] == "W8A8" and summary["activations"] is True
@@ -102,25 +102,26 @@ def test_quantize_w8a8_calibrated_on_the_sampler_is_a_workdir(trained, tmp_path)
     (["--bits", "4", "--group-size", "4"], "10 input channels of layer 'map_label'"),
     (["--bits", "4", "--group-size", "0"], "positive integer"),
 ])
-def test_bad_options_refused(trained, tmp_path, args, msg):
+def test_bad_options_refused(trained, tmp_path, args, msg, capsys):
   out = tmp_path / "q"
-  code, _, err = run_cli("quantize", "--workdir", str(trained), "--out", str(out), *args)
+  code, _, err = run_main(capsys, "quantize", "--workdir", str(trained), "--out", str(out), *args)
   assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, err
   assert not out.exists()
 
 
-def test_no_checkpoint_and_nonempty_out_refused(trained, tmp_path):
+def test_no_checkpoint_and_nonempty_out_refused(trained, tmp_path, capsys):
   empty = tmp_path / "empty"
   empty.mkdir()
   (empty / "config.json").write_text((trained / "config.json").read_text())
-  code, _, err = run_cli("quantize", "--workdir", str(empty), "--out", str(tmp_path / "q"),
-                         "--bits", "8")
+  code, _, err = run_main(capsys, "quantize", "--workdir", str(empty), "--out", str(tmp_path / "q"),
+                          "--bits", "8")
   assert code == 2 and "no checkpoint" in err and len(err.strip().splitlines()) == 1, err
   assert not (tmp_path / "q").exists()
   busy = tmp_path / "busy"
   busy.mkdir()
   (busy / "keep.txt").write_text("mine")
-  code, _, err = run_cli("quantize", "--workdir", str(trained), "--out", str(busy), "--bits", "8")
+  code, _, err = run_main(capsys, "quantize", "--workdir", str(trained), "--out", str(busy),
+                          "--bits", "8")
   assert code == 2 and "not empty" in err, err
   assert sorted(p.name for p in busy.iterdir()) == ["keep.txt"]
   assert (busy / "keep.txt").read_text() == "mine"

@@ -6,7 +6,7 @@ import io
 import numpy as np
 import pytest
 
-from conftest import DIGITS, TINY, run_cli
+from conftest import DIGITS, TINY, run_main
 from test_cli import _one_line_error
 from test_images import _read_events
 
@@ -14,10 +14,10 @@ from test_images import _read_events
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("run") / "w"
-  code, _, err = run_cli("train", "--config", DIGITS, "--workdir", str(workdir), *TINY,
-                         "--config.training.steps=2", "--config.training.sample_every=2",
-                         "--config.training.sample_grid=12")
-  assert code == 0, err
+  from jaxdiff.cli import main
+  assert main(["train", "--config", DIGITS, "--workdir", str(workdir), *TINY,
+               "--config.training.steps=2", "--config.training.sample_every=2",
+               "--config.training.sample_grid=12"]) == 0
   return workdir
 
 
@@ -38,9 +38,9 @@ def test_train_logs_sample_grid_beside_scalars(trained):
 
 
 @pytest.mark.slow
-def test_sample_grid_has_one_class_per_column(trained, tmp_path):
-  code, _, err = run_cli("sample", "--workdir", str(trained), "--num", "20", "--out",
-                         str(tmp_path / "s.npz"), "--grid", str(tmp_path / "g.png"))
+def test_sample_grid_has_one_class_per_column(trained, tmp_path, capsys):
+  code, _, err = run_main(capsys, "sample", "--workdir", str(trained), "--num", "20", "--out",
+                          str(tmp_path / "s.npz"), "--grid", str(tmp_path / "g.png"))
   assert code == 0, err
   from PIL import Image
   g = np.asarray(Image.open(tmp_path / "g.png"))
@@ -51,7 +51,7 @@ def test_sample_grid_has_one_class_per_column(trained, tmp_path):
 
 
 @pytest.mark.parametrize("flag", ["--out", "--grid"])
-def test_sample_unwritable_output(tmp_path, flag):
+def test_sample_unwritable_output(tmp_path, flag, capsys):
   blocker = tmp_path / "file"
   blocker.write_text("x")
   bad = str(blocker / ("s.npz" if flag == "--out" else "g.png"))
@@ -60,14 +60,14 @@ def test_sample_unwritable_output(tmp_path, flag):
   args = ["sample", "--workdir", str(tmp_path / "nowhere"), "--num", "2", "--out", out]
   if flag == "--grid":
     args += ["--grid", bad]
-  code, _, err = run_cli(*args)
+  code, _, err = run_main(capsys, *args)
   _one_line_error(code, err, flag, bad)
   assert "sampling" not in err and "no jaxdiff run" not in err
   assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing written, no temp files
   assert blocker.read_text() == "x"
 
 
-def test_sample_read_only_folder(tmp_path):
+def test_sample_read_only_folder(tmp_path, capsys):
   import os
   ro = tmp_path / "ro"
   ro.mkdir()
@@ -76,8 +76,8 @@ def test_sample_read_only_folder(tmp_path):
     if os.access(str(ro), os.W_OK):
       pytest.skip("running as root: a read-only folder is writable (the path-under-a-file case "
                   "covers an unwritable path)")
-    code, _, err = run_cli("sample", "--workdir", str(tmp_path / "nowhere"), "--num", "2",
-                           "--out", str(ro / "s.npz"))
+    code, _, err = run_main(capsys, "sample", "--workdir", str(tmp_path / "nowhere"), "--num", "2",
+                            "--out", str(ro / "s.npz"))
     _one_line_error(code, err, "--out", str(ro / "s.npz"), "not writable")
     assert list(ro.iterdir()) == []
   finally:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import DIGITS, ROOT, TINY, run_cli
+from conftest import DIGITS, ROOT, TINY, run_main
 
 STUDENT = os.path.join(ROOT, "configs", "digits_student.py")
 # TINY's student (8 channels, 11,993 parameters) and a teacher 20 channels wide (72,221).
@@ -103,13 +103,13 @@ def test_spec_refusals(tmp_path):
                                            "--config.student.distill_weight=1.5"]))
 
 
-def test_student_larger_than_a_quarter_refused(teacher, tmp_path):
+def test_student_larger_than_a_quarter_refused(teacher, tmp_path, capsys):
   """16 channels (46,513 parameters) against the 20-channel teacher's 72,221: one line naming both
   counts, exit 2, no workdir written."""
   out = tmp_path / "s"
-  code, _, err = run_cli("train", "--config", STUDENT, "--workdir", str(out), *TINY,
-                         "--config.model.model_channels=16",
-                         f"--config.student.teacher={teacher}")
+  code, _, err = run_main(capsys, "train", "--config", STUDENT, "--workdir", str(out), *TINY,
+                          "--config.model.model_channels=16",
+                          f"--config.student.teacher={teacher}")
   assert code == 2, err
   assert len(err.strip().splitlines()) == 1, err
   assert "46,513 parameters, more than 1/4 of the teacher's 72,221" in err, err
@@ -153,11 +153,11 @@ def test_few_steps_reduce_the_distillation_loss(teacher):
 
 
 @pytest.mark.slow
-def test_student_is_an_ordinary_workdir(teacher, tmp_path):
+def test_student_is_an_ordinary_workdir(teacher, tmp_path, capsys):
   import jaxdiff
   out = tmp_path / "s"
-  code, _, err = run_cli("train", "--config", STUDENT, "--workdir", str(out), *TINY,
-                         "--config.training.steps=2", f"--config.student.teacher={teacher}")
+  code, _, err = run_main(capsys, "train", "--config", STUDENT, "--workdir", str(out), *TINY,
+                          "--config.training.steps=2", f"--config.student.teacher={teacher}")
   assert code == 0, err
   model = jaxdiff.load(str(out))
   assert model.exp.family == "student" and model.exp.family_spec.teacher == teacher
