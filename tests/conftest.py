@@ -90,14 +90,14 @@ def run_main(capsys, *argv):
 
 # The longest tests start first, so that with several xdist workers the suite's wall time is not
 # one long test begun at the end (longest-first scheduling). Files are in order of their measured
-# length (--durations at ee1c821, then the quant jit); the other slow-marked tests follow,
-# then everything else in collection order.
-LONGEST_FIRST = ("test_main_job.py", "test_multistage_step.py", "test_notebook.py",
-                 "test_sharding.py", "test_portability.py", "test_bench_quant.py",
-                 "test_adversarial_family.py", "test_bench_adversarial.py", "test_remat.py",
-                 "test_resume.py", "test_eval_cli.py", "test_edm2_workflow.py",
-                 "test_fewstep_cli.py", "test_consistency_family.py", "test_dg_sampling.py",
-                 "test_compare_cli.py", "test_discriminator_family.py", "test_edm2_net.py")
+# length (--durations of a whole run, 2026-12-02, after the in-process CLI tests); the other
+# slow-marked tests follow, then everything else in collection order.
+LONGEST_FIRST = ("test_main_job.py", "test_multistage_step.py", "test_resume.py", "test_remat.py",
+                 "test_adversarial_family.py", "test_train.py", "test_sharding.py",
+                 "test_portability.py", "test_notebook.py", "test_consistency_family.py",
+                 "test_bench_quant.py", "test_bench_adversarial.py", "test_compare_cli.py",
+                 "test_multistage_net.py", "test_losses.py", "test_edm2_workflow.py",
+                 "test_dg_sampling.py", "test_eval_cli.py", "test_quant.py", "test_student.py")
 
 
 def pytest_collection_modifyitems(config, items):
