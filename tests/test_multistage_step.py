@@ -188,7 +188,7 @@ def test_cli_trains_resumes_and_samples_a_multistage_model(tmp_path, capsys):
   import os
 
   from conftest import ROOT
-  from jaxdiff.cli import main  # in process: the second run reuses the first's traced programs
+  from jaxdiff.cli import main  # in process: no interpreter start per command
   config = os.path.join(ROOT, "configs", "digits_multistage.py")
   small = ["--config.model.model_channels=8", "--config.model.decoder_channels=(8,8,4)",
            "--config.model.channel_mult=(1,)", "--config.model.num_blocks=1",
