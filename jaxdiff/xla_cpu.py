@@ -18,7 +18,7 @@ FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
 MEASURED_ON = (0, 10)  # jaxlib major.minor whose XLA knows these flags
 
 
-def _jaxlib_minor() -> tuple[int, int] | None:
+def jaxlib_minor() -> tuple[int, int] | None:
   try:
     parts = metadata.version("jaxlib").split(".")
     return int(parts[0]), int(parts[1])
@@ -31,7 +31,7 @@ def apply(environ=None, jaxlib_version: tuple[int, int] | None = None) -> list[s
   environ = os.environ if environ is None else environ
   if environ.get("JAXDIFF_XLA_CPU_DEFAULTS", "1") == "0":
     return []
-  version = jaxlib_version if jaxlib_version is not None else _jaxlib_minor()
+  version = jaxlib_version if jaxlib_version is not None else jaxlib_minor()
   if version != MEASURED_ON:
     return []
   current = environ.get("XLA_FLAGS", "")

@@ -3,6 +3,8 @@ import sys
 
 import pytest
 
+from jaxdiff import xla_cpu  # imports no JAX, so the XLA_FLAGS set below still take effect
+
 # One persistent XLA compilation cache for the whole test session, shared with the CLI
 # subprocesses the tests start: the same tiny programs are compiled once, not once per process.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
@@ -17,16 +19,12 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # `optimized_env()`. JAXDIFF_TEST_OPTIMIZED=1 keeps the optimised backend everywhere.
 # XLA:CPU's MLIR fusion emitters build an MLIR pipeline per fusion; the older elemental emitter
 # compiles the same programs faster (test_remat.py + test_adversarial_family.py, cold cache, one
-# worker: 112.6 / 118.4 s -> 85.3 / 88.9 s). Only on the jaxlib it was measured on: XLA aborts on
-# a flag it does not know.
+# worker: 112.6 / 118.4 s -> 85.3 / 88.9 s). Only on the jaxlib the commands' own flags were
+# measured on (jaxdiff/xla_cpu.py): XLA aborts on a flag it does not know.
 ORIGINAL_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
 FAST_COMPILE_FLAGS = ["--xla_backend_optimization_level=0"]
-try:
-  from importlib import metadata as _metadata
-  if tuple(int(p) for p in _metadata.version("jaxlib").split(".")[:2]) == (0, 10):
-    FAST_COMPILE_FLAGS.append("--xla_cpu_use_fusion_emitters=false")
-except (ImportError, ValueError):
-  pass
+if xla_cpu.jaxlib_minor() == xla_cpu.MEASURED_ON:
+  FAST_COMPILE_FLAGS.append("--xla_cpu_use_fusion_emitters=false")
 if (os.environ.get("JAXDIFF_TEST_OPTIMIZED") != "1"
     and "--xla_backend_optimization_level" not in ORIGINAL_XLA_FLAGS):
   os.environ["XLA_FLAGS"] = " ".join([ORIGINAL_XLA_FLAGS, *FAST_COMPILE_FLAGS]).strip()
@@ -75,8 +73,9 @@ def run_cli(*argv, optimized: bool = False):
 
 def run_main(capsys, *argv):
   """`jaxdiff ARGV` in this process: (code, stdout, stderr) as run_cli gives them, without an
-  interpreter start and with the programs this process already compiled (a tiny digits
-  `jaxdiff train`, warm compilation cache: 6.7 s as a process, 2.8 s in a warm one). The tests of
+  interpreter start and with the programs this process already compiled (a tiny digits training,
+  warm compilation cache: `python -m jaxdiff train` 6.7 s, `run_training` repeated in a warm
+  process 2.8 s). The tests of
   what a separate process shows (exactly one JSON object on stdout, signals, the device count)
   keep run_cli."""
   from jaxdiff.cli import main

@@ -16,8 +16,7 @@ def test_bench_usage_errors(capsys):
 @pytest.mark.slow
 def test_bench_json_keys(capsys):
   code, out, err = run_main(capsys, "bench", "--config", DIGITS, "--json", "--batch", "8",
-                            "--steps", "2",
-                            *[o for o in TINY if "batch_size" not in o],
+                            "--steps", "2", *[o for o in TINY if "batch_size" not in o],
                             "--config.sampler.solver=heun")
   assert code == 0, err[-2000:]
   result = json.loads(out)

@@ -84,8 +84,8 @@ def test_guided_denoiser_is_d_plus_w_sigma2_grad_logit(runs):
 def test_cli_equals_python(runs, tmp_path, capsys):
   out = str(tmp_path / "dg.npz")
   code, _, err = run_main(capsys, "sample", "--workdir", runs[0], "--num", "6", "--out", out,
-                          "--seed", "2",
-                          "--steps", "3", "--discriminator", runs[1], "--dg-weight", "20")
+                          "--seed", "2", "--steps", "3", "--discriminator", runs[1],
+                          "--dg-weight", "20")
   assert code == 0, err
   want = with_discriminator(jaxdiff.load(runs[0]), runs[1], 20.0).sample(6, seed=2, steps=3)
   np.testing.assert_array_equal(np.load(out)["images"], want)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import jaxdiff
+from conftest import run_main
 from jaxdiff import build, families, phema
 from jaxdiff.cli import main as cli_main
 from jaxdiff.config import load_config
@@ -118,9 +119,8 @@ def test_phema_cli_writes_a_workdir_that_load_uses(runs, capsys):
 
 
 def _refused(capsys, argv):
-  capsys.readouterr()  # only this command's stderr
-  code = cli_main(argv)
-  err = capsys.readouterr().err.strip()
+  code, _, err = run_main(capsys, *argv)  # only this command's stderr
+  err = err.strip()
   assert code == 2 and len(err.splitlines()) == 1 and "error:" in err, err
   return err
 
