@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxdiff.nets import layers
 from jaxdiff.nets.layers import remat_forward
 
 
@@ -30,6 +31,17 @@ def positional_embedding(c_noise: jax.Array, dim: int, max_positions: int = 1000
   return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=1)
 
 
+def norm_silu(norm: nnx.GroupNorm, x, a=None, shift=None):
+  """silu(shift + norm(x) * a) (or silu(norm(x))) through layers.group_norm_silu: one custom_vjp
+  that keeps x and the group statistics for the backward rather than autodiff's intermediates.
+  `norm` holds the parameters (scale, bias) under their nnx.GroupNorm names and settings."""
+  if x.dtype != jnp.float32:  # the fused op is float32; bf16 keeps nnx's own GroupNorm
+    y = norm(x)
+    return nnx.silu(y if a is None else y * a + shift)
+  return layers.group_norm_silu(x, norm.scale[...], norm.bias[...], a, shift,
+                                norm.num_groups, norm.epsilon)
+
+
 class ResBlock(nnx.Module):
   def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float, dtype, *, remat=False,
                rngs: nnx.Rngs):
@@ -39,7 +51,7 @@ class ResBlock(nnx.Module):
     # Embedding gives a per-channel scale and shift (adaptive GroupNorm).
     self.affine = nnx.Linear(emb_dim, 2 * cout, dtype=dtype, rngs=rngs)
     self.norm1 = nnx.GroupNorm(cout, num_groups=_groups(cout), epsilon=1e-6, dtype=dtype, rngs=rngs)
-    self.dropout = nnx.Dropout(dropout)
+    self.dropout = float(dropout)
     # Zero init: every block starts as the identity, which keeps deep stacks trainable.
     self.conv1 = nnx.Conv(cout, cout, (3, 3), dtype=dtype, kernel_init=nnx.initializers.zeros,
                           rngs=rngs)
@@ -51,10 +63,10 @@ class ResBlock(nnx.Module):
     return self.forward(x, emb, train=train, rngs=rngs)
 
   def forward(self, x, emb, *, train: bool, rngs):
-    h = self.conv0(nnx.silu(self.norm0(x)))
+    h = self.conv0(norm_silu(self.norm0, x))
     scale, shift = jnp.split(self.affine(emb)[:, None, None, :], 2, axis=-1)
-    h = nnx.silu(self.norm1(h) * (1 + scale) + shift)
-    h = self.conv1(self.dropout(h, deterministic=not train, rngs=rngs))
+    h = norm_silu(self.norm1, h, 1 + scale, shift)
+    h = self.conv1(layers.dropout(h, self.dropout, train=train, rngs=rngs))
     return (self.skip(x) if self.skip is not None else x) + h
 
 
@@ -162,7 +174,7 @@ class UNet(nnx.Module):
       else:
         b, hh, ww, cc = h.shape
         h = layer(jax.image.resize(h, (b, 2 * hh, 2 * ww, cc), "nearest"))
-    return self.conv_out(nnx.silu(self.norm_out(h))).astype(jnp.float32)
+    return self.conv_out(norm_silu(self.norm_out, h)).astype(jnp.float32)
 
 
 def build(options, *, img_resolution, img_channels, label_dim, rngs):
