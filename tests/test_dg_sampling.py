@@ -75,10 +75,11 @@ def test_guided_denoiser_is_d_plus_w_sigma2_grad_logit(runs):
     want = np.asarray(model.denoise(x, sigma, labels)) + w * s**2 * np.asarray(grads)
     np.testing.assert_allclose(np.asarray(dgm.denoise(x, sigma, labels)), want, rtol=1e-4,
                                atol=1e-4 * s**2)
-  # Below the discriminator's σ range (σ_min = 0.0010005): no guidance.
+  # Below the discriminator's σ range (σ_min = 0.0010005): no guidance. The guided program
+  # compiles the denoiser beside a gradient, so XLA may fuse it differently: equal to 2 ulp.
   sigma = jnp.full((4,), 5e-4)
-  np.testing.assert_array_equal(np.asarray(dgm.denoise(x, sigma, labels)),
-                                np.asarray(model.denoise(x, sigma, labels)))
+  np.testing.assert_array_max_ulp(np.asarray(dgm.denoise(x, sigma, labels)),
+                                  np.asarray(model.denoise(x, sigma, labels)), maxulp=2)
 
 
 def test_cli_equals_python(runs, tmp_path, capsys):
