@@ -32,14 +32,14 @@ def positional_embedding(c_noise: jax.Array, dim: int, max_positions: int = 1000
 
 
 def norm_silu(norm: nnx.GroupNorm, x, a=None, shift=None):
-  """silu(shift + norm(x) * a) (or silu(norm(x))) through layers.group_norm_silu: one custom_vjp
-  that keeps x and the group statistics for the backward rather than autodiff's intermediates.
-  `norm` holds the parameters (scale, bias) under their nnx.GroupNorm names and settings."""
-  if x.dtype != jnp.float32:  # the fused op is float32; bf16 keeps nnx's own GroupNorm
-    y = norm(x)
-    return nnx.silu(y if a is None else y * a + shift)
-  return layers.group_norm_silu(x, norm.scale[...], norm.bias[...], a, shift,
-                                norm.num_groups, norm.epsilon)
+  """silu(shift + norm(x) * a) (or silu(norm(x))) in float32 through layers.group_norm_silu, as
+  layers.GroupNorm.silu does: one custom_vjp that keeps x and the group statistics for the
+  backward rather than autodiff's intermediates. `norm` holds the parameters (scale, bias) under
+  their nnx.GroupNorm names, so checkpoints keep their layout."""
+  f32 = lambda v: None if v is None else v.astype(jnp.float32)  # noqa: E731
+  y = layers.group_norm_silu(f32(x), norm.scale[...], norm.bias[...], f32(a), f32(shift),
+                             norm.num_groups, norm.epsilon)
+  return y.astype(x.dtype)
 
 
 class ResBlock(nnx.Module):
