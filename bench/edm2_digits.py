@@ -54,7 +54,9 @@ def trainings(seeds) -> dict[str, list[str]]:
   """workdir name -> `jaxdiff train` arguments (less --workdir)."""
   runs = {}
   for s in seeds:
-    runs[f"base-s{s}"] = ["--config", DIGITS, f"--config.training.seed={s}"]
+    # 1,600 steps, digits_edm2.py's length (configs/digits.py's default is now 1,200)
+    runs[f"base-s{s}"] = ["--config", DIGITS, f"--config.training.seed={s}",
+                          "--config.training.steps=1600"]
     runs[f"edm2-s{s}"] = ["--config", EDM2, f"--config.training.seed={s}"]
   runs["edm2xs-s0"] = ["--config", EDM2, "--config.training.seed=0",
                        "--config.model.model_channels=16", "--config.training.steps=400"]
