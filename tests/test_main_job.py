@@ -1,7 +1,7 @@
 """The main job end to end, as the README runs it: train digits, sample 1000, judge the samples
 with a classifier that knows nothing of jaxdiff (an SVC fitted on the real digits).
 
-The README's command at its full 1,600 steps is what bench/readme_time.sh times and scores; here
+The README's command at its full 1,200 steps is what bench/readme_time.sh times and scores; here
 the same command runs STEPS of them, so that the suite's longest test is not the whole README job
 run beside another worker (861 s of a 1,670 s suite). Every other setting is the README's: the
 learning-rate ramp and EMA are set in images, so the shortened run is the README run stopped early.
