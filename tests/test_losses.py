@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import optimized_jit
 from jaxdiff import losses as L
 from jaxdiff.errors import JaxdiffError
 
@@ -126,7 +127,7 @@ def test_each_precond_loss_pair_learns_the_exact_denoiser(pname, lname):
 
   opt = optax.adam(2e-3)
 
-  @jax.jit
+  @optimized_jit  # 1,200 steps: execution, not compiling, is this test's cost
   def train(p, key):
     def step(carry, key):
       p, st = carry

@@ -1,8 +1,12 @@
-"""Checkpoints move between device counts: a run written on 4 (fake CPU) devices samples on 1 and
-2 devices through `jaxdiff.load`, `jaxdiff sample` and `jaxdiff eval --workdir` with the same
-images as on 4; a run started on 1 device resumes on 4, and one started on 4 resumes on 1.
+"""Runs over device counts: the train step on 1 device and on 4 (fake CPU) devices, replicated or
+FSDP, gives the same run; checkpoints move between device counts: a run written on 4 devices
+samples on 1 and 2 devices through `jaxdiff.load`, `jaxdiff sample` and `jaxdiff eval --workdir`
+with the same images as on 4; a run started on 1 device resumes on 4, and one started on 4 resumes
+on 1.
 
-Each phase runs in its own process because the device count is fixed when JAX starts.
+Each phase runs in its own process because the device count is fixed when JAX starts. One module
+fixture runs the four processes for both tests (the 1-vs-4-device check was test_sharding.py's
+own two processes; sharing them saves two interpreter starts and three trainings).
 """
 
 import os
@@ -16,7 +20,8 @@ from conftest import DIGITS, ROOT, TINY, fake_devices_env
 
 OVERRIDES = TINY + ["--config.training.checkpoint_every=2"]  # 4 steps, checkpoints at 2 and 4
 
-# argv: devices, then actions "train:WORKDIR:STEPS", "load:WORKDIR:OUT", "cli:WORKDIR:OUTDIR".
+# argv: devices, then actions "train:WORKDIR:STEPS[:fsdp]" (writes WORKDIR.losses.npy),
+# "load:WORKDIR:OUT", "cli:WORKDIR:OUTDIR".
 _WORKER = r"""
 import sys
 import numpy as np
@@ -28,10 +33,13 @@ from jaxdiff.cli import main
 from jaxdiff.config import load_config
 from jaxdiff.build import run_training as train
 for action in actions:
-  kind, workdir, arg = action.split(":")
+  kind, workdir, arg, *flags = action.split(":")
   if kind == "train":
-    summary = train(load_config(cfg_path, overrides + [f"--config.training.steps={arg}"]), workdir)
+    extra = ["--config.training.fsdp=True"] if flags == ["fsdp"] else []
+    summary = train(load_config(cfg_path, overrides + [f"--config.training.steps={arg}", *extra]),
+                    workdir)
     assert summary["devices"] == want
+    np.save(workdir + ".losses.npy", np.array([l for _, l in summary["loss_history"]]))
   elif kind == "load":
     model = jaxdiff.load(workdir)
     np.savez(arg, images=model.sample(4, seed=3, steps=2), devices=jax.device_count(),
@@ -56,27 +64,52 @@ def _run(devices, *actions):
 
 
 def _close(a, b):
-  """The tolerance test_sharding uses for 1 vs 4 devices (float sums are reordered)."""
+  """Runs on different device counts agree to float round-off (sums are reordered)."""
   np.testing.assert_allclose(a["params"], b["params"], rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(a["raw"], b["raw"], rtol=1e-4, atol=1e-6)
   diff = np.abs(a["images"].astype(int) - b["images"].astype(int))
   assert diff.max() <= 1 and (diff > 0).mean() < 0.01
 
 
-@pytest.mark.slow
-def test_checkpoints_move_between_device_counts(tmp_path):
-  w4, up, down = (str(tmp_path / n) for n in ("four", "one_then_four", "four_then_one"))
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """The four processes; returns their folder and the stderr of the 1-device resume."""
+  tmp_path = tmp_path_factory.mktemp("devices")
+  w4, up, down, one, fsdp = (str(tmp_path / n) for n in ("four", "one_then_four", "four_then_one",
+                                                          "one", "fsdp"))
   for n in (1, 2, 4):
     os.makedirs(tmp_path / f"cli{n}")
-  # up: 2 steps on 1 device (resumed on 4 below); w4: 4 steps on 4; down: 2 steps on 4.
-  _run(1, f"train:{up}:2")
+  # one: 4 steps on 1 device; up: 2 steps on 1 device (resumed on 4 below); w4: 4 steps on 4;
+  # fsdp: 4 steps on 4, parameters sharded; down: 2 steps on 4.
+  _run(1, f"train:{one}:4", f"load:{one}:{tmp_path}/one.npz", f"train:{up}:2")
   _run(4, f"train:{w4}:4", f"load:{w4}:{tmp_path}/w4_on4.npz", f"cli:{w4}:{tmp_path / 'cli4'}",
+       f"train:{fsdp}:4:fsdp", f"load:{fsdp}:{tmp_path}/fsdp.npz",
        f"train:{up}:4", f"load:{up}:{tmp_path}/up.npz", f"train:{down}:2")
   proc = _run(1, f"load:{w4}:{tmp_path}/w4_on1.npz", f"cli:{w4}:{tmp_path / 'cli1'}",
               f"train:{down}:4", f"load:{down}:{tmp_path}/down.npz")
-  assert "Topology mismatch" not in proc.stderr
-  assert "resuming" in proc.stderr and "from step 2" in proc.stderr
   _run(2, f"load:{w4}:{tmp_path}/w4_on2.npz", f"cli:{w4}:{tmp_path / 'cli2'}")
+  return tmp_path, proc.stderr
+
+
+@pytest.mark.slow
+def test_one_and_four_devices_agree(runs):
+  tmp_path, _ = runs
+  one = np.load(tmp_path / "one.npz")
+  assert int(one["devices"]) == 1
+  one_losses = np.load(tmp_path / "one.losses.npy")
+  assert len(one_losses) == 4
+  for name, run in (("four", "w4_on4"), ("fsdp", "fsdp")):
+    other = np.load(tmp_path / f"{run}.npz")
+    assert int(other["devices"]) == 4
+    np.testing.assert_allclose(np.load(tmp_path / f"{name}.losses.npy"), one_losses, rtol=1e-5)
+    _close(other, one)
+
+
+@pytest.mark.slow
+def test_checkpoints_move_between_device_counts(runs):
+  tmp_path, stderr = runs
+  assert "Topology mismatch" not in stderr
+  assert "resuming" in stderr and "from step 2" in stderr
 
   on4 = np.load(tmp_path / "w4_on4.npz")
   assert int(on4["devices"]) == 4

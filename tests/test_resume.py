@@ -19,7 +19,9 @@ from jaxdiff.config import load_config
 from jaxdiff.errors import JaxdiffError
 from jaxdiff.build import run_training as train
 
-STEPS = 40
+# 20 steps, checkpoints every 5: each orbax save of even this tiny state takes ~1 s on the CPU (the
+# next save waits for it), so the checkpoints, not the steps, are most of these runs' time.
+STEPS = 20
 OVERRIDES = TINY + [f"--config.training.steps={STEPS}", "--config.training.checkpoint_every=5",
                     "--config.training.log_every=5", "--config.training.keep_checkpoints=3"]
 
@@ -45,8 +47,8 @@ def _steps_saved(workdir):
   return sorted(int(n) for n in os.listdir(d) if n.isdigit())
 
 
-def _interrupt(workdir, sig, at_step=20):
-  """Starts `jaxdiff train` for 40 steps and sends `sig` once checkpoint `at_step` is complete."""
+def _interrupt(workdir, sig, at_step=10):
+  """Starts `jaxdiff train` for 20 steps and sends `sig` once checkpoint `at_step` is complete."""
   proc = subprocess.Popen([sys.executable, "-m", "jaxdiff", "train", "--config", DIGITS,
                            "--workdir", workdir, "--json", *OVERRIDES], cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -73,7 +75,7 @@ def test_interrupted_run_resumes_exactly(tmp_path, sig, straight):
   else:
     assert code == -signal.SIGKILL
   resumed = train(load_config(DIGITS, OVERRIDES), workdir)
-  assert 20 <= resumed["start_step"] < STEPS and resumed["steps"] == STEPS
+  assert 10 <= resumed["start_step"] < STEPS and resumed["steps"] == STEPS
   params_b, samples_b = _final(workdir)
   params_a, samples_a = straight
   chex.assert_trees_all_equal(params_a, params_b)
