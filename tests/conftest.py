@@ -6,10 +6,13 @@ import pytest
 from jaxdiff import xla_cpu  # imports no JAX, so the XLA_FLAGS set below still take effect
 
 # One persistent XLA compilation cache for the whole test session, shared with the CLI
-# subprocesses the tests start: the same tiny programs are compiled once, not once per process.
+# subprocesses the tests start: the same programs are compiled once, not once per process.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(os.environ.get("TMPDIR", "/tmp"), "jaxdiff-test-xla-cache"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# Programs that compile in under a second are not written: writing every tiny eager op's program
+# costs more than recompiling it (tests/test_train.py alone, cold cache: 99 / 87 s writing all,
+# 87 / 80 s with this threshold, two alternated runs each).
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 # Tests check values, not speed, and the suite is bound by XLA compiles of many small programs:
