@@ -138,7 +138,7 @@ def test_train_step_with_augmentation():
   cfg = load_config(DIGITS, TINY + ["--config.data.augment_p=0.5", "--config.model.augment_dim=9"])
   exp = build.experiment(cfg)
   graphdef, params = families.make_network(exp)
-  assert params["map_augment"]["kernel"].value.shape[0] == 9
+  assert params["map_augment"]["kernel"][...].shape[0] == 9
   sc = families.step_config(exp, graphdef, families.make_optimizer(exp))
   state = init_state(params, sc.optimizer, 0)
   images, labels = build.make_source(cfg).get(np.arange(16))

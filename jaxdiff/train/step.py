@@ -7,7 +7,7 @@
      over `grad_accum` micro-batches;
   3. `apply_update`, the tail every family shares: finite check, sanitize, optimizer update,
      `optax.apply_updates`, an optional mask of the leaves the step may change, the EMAs (half-life
-     ones, or the StepConfig's EMA kind), `optax.global_norm`.
+     ones, or the StepConfig's EMA kind), `optax.tree.norm` (the gradient norm).
 The families (jaxdiff/families/) supply `family_loss` and compile the step.
 """
 
@@ -123,7 +123,7 @@ def apply_update(cfg: StepConfig, state: TrainState, grads,
       emas.append(ema_lib.ema_update(ema, params, beta))
   new_state = state.replace(step=state.step + 1, params=params, ema=emas[0], opt_state=opt_state,
                             extra_emas=tuple(emas[1:]))
-  return new_state, dict(grad_norm=optax.global_norm(grads), grads_finite=finite)
+  return new_state, dict(grad_norm=optax.tree.norm(grads), grads_finite=finite)
 
 
 def train_step(cfg: StepConfig, family_loss: Callable, state: TrainState,
