@@ -6,7 +6,7 @@ on 1.
 
 Each phase runs in its own process because the device count is fixed when JAX starts. One module
 fixture runs the four processes for both tests (the 1-vs-4-device check was test_sharding.py's
-own two processes; sharing them saves two interpreter starts and three trainings).
+own two processes and three trainings; sharing saves two interpreter starts and one training).
 """
 
 import os
