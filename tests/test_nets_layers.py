@@ -107,6 +107,50 @@ def _p(var):
   return np.asarray(var[...], np.float64)
 
 
+# ---- flax-default initialisers drawn through shared programs ---------------------------------
+
+@pytest.mark.parametrize("make", ["conv", "conv1x1", "linear"])
+def test_host_drawn_inits_match_flax_defaults(make):
+  """layers.conv / layers.linear give nnx.Conv / nnx.Linear's default-initialised values to a few
+  float32 ulps, eagerly and under jit (XLA's erfinv rounds a few elements differently between a
+  padded flat draw, a shaped draw and a fused one)."""
+  build = {"conv": lambda m, r: m.Conv(5, 7, (3, 3), rngs=r),
+           "conv1x1": lambda m, r: m.Conv(6, 3, (1, 1), rngs=r),
+           "linear": lambda m, r: m.Linear(40, 33, rngs=r)}[make]
+
+  class Host:  # the module namespace build() takes, with the host-drawn initialisers
+    Conv, Linear = staticmethod(L.conv), staticmethod(L.linear)
+
+  want = nnx.state(build(nnx, nnx.Rngs(params=3)))
+  w = np.asarray(want["kernel"][...])
+  for got in (nnx.state(build(Host, nnx.Rngs(params=3))),
+              jax.jit(lambda: nnx.split(build(Host, nnx.Rngs(params=3)))[1])()):
+    chex.assert_type(got["kernel"][...], jnp.float32)
+    chex.assert_shape(got["kernel"][...], w.shape)
+    kernel = np.asarray(got["kernel"][...])
+    np.testing.assert_allclose(kernel, w, rtol=5e-7, atol=0)  # a few float32 ulps (2^-23)
+    chex.assert_trees_all_equal(np.asarray(got["bias"][...]), np.asarray(want["bias"][...]))
+
+
+def test_host_group_norm_init_equals_flax():
+  want, got = nnx.GroupNorm(12, num_groups=4, rngs=nnx.Rngs(0)), L.group_norm_module(
+      12, num_groups=4, rngs=nnx.Rngs(0))
+  for name in ("scale", "bias"):
+    chex.assert_trees_all_equal(np.asarray(got.__dict__[name][...]),
+                                np.asarray(want.__dict__[name][...]))
+
+
+def test_lecun_normal_statistics():
+  """Truncated at two standard deviations and scaled to variance 1 / fan_in (independent check
+  of the constant 0.8796: the standard deviation of N(0, 1) truncated to (-2, 2))."""
+  from scipy import stats
+  w = np.asarray(L.lecun_normal(jax.random.key(0), (3, 3, 64, 256)), np.float64)
+  fan_in = 3 * 3 * 64
+  assert np.abs(w).max() <= 2 * stats.truncnorm(-2, 2).std() ** -1 / np.sqrt(fan_in) + 1e-7
+  np.testing.assert_allclose(w.std() * np.sqrt(fan_in), 1.0, rtol=0.01)
+  np.testing.assert_allclose(stats.truncnorm(-2, 2).std(), 0.87962566103423978, rtol=1e-12)
+
+
 # ---- resampling -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("f", [(1, 1), (1, 3, 3, 1), (1, 2, 1)])

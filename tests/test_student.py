@@ -24,6 +24,7 @@ def write_teacher(workdir) -> str:
 
   from jaxdiff import build, families
   from jaxdiff.config import load_config, to_json
+  from jaxdiff.nets.layers import standard_normal
   from jaxdiff.train import checkpoint as ckpt_lib
   cfg = load_config(DIGITS, TEACHER_ARGS)
   exp = build.experiment(cfg)
@@ -31,7 +32,10 @@ def write_teacher(workdir) -> str:
 
   def randomize(path, leaf):
     k = jax.random.fold_in(jax.random.PRNGKey(1), zlib.crc32(jax.tree_util.keystr(path).encode()))
-    return leaf + 0.05 * jax.random.normal(k, leaf.shape) if leaf.ndim >= 2 else leaf
+    if leaf.ndim < 2:
+      return leaf
+    # Host-side arithmetic on a shared-program draw: no compilation per leaf shape.
+    return jnp.asarray(np.asarray(leaf) + np.float32(0.05) * standard_normal(k, leaf.shape))
   params = jax.tree_util.tree_map_with_path(randomize, params)
   ckpt_lib.ensure_writable(str(workdir))
   ckpt_lib.check_or_write_config(str(workdir), to_json(cfg))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxdiff.nets import layers
 from jaxdiff.nets.unet import ResBlock, _groups, positional_embedding
 
 
@@ -31,22 +32,22 @@ class Discriminator(nnx.Module):
     self.model_channels = model_channels
     self.dtype = dtype
     emb_dim = 4 * model_channels
-    self.map0 = nnx.Linear(model_channels, emb_dim, rngs=rngs)
-    self.map1 = nnx.Linear(emb_dim, emb_dim, rngs=rngs)
-    self.map_label = (nnx.Linear(label_dim, model_channels, use_bias=False, rngs=rngs)
+    self.map0 = layers.linear(model_channels, emb_dim, rngs=rngs)
+    self.map1 = layers.linear(emb_dim, emb_dim, rngs=rngs)
+    self.map_label = (layers.linear(label_dim, model_channels, use_bias=False, rngs=rngs)
                       if label_dim else None)
-    self.conv_in = nnx.Conv(in_channels, model_channels, (3, 3), dtype=dtype, rngs=rngs)
+    self.conv_in = layers.conv(in_channels, model_channels, (3, 3), dtype=dtype, rngs=rngs)
     blocks, c = [], model_channels
     for level, mult in enumerate(channel_mult):
       for _ in range(num_blocks):
         blocks.append(ResBlock(c, model_channels * mult, emb_dim, dropout, dtype, rngs=rngs))
         c = model_channels * mult
       if level != len(channel_mult) - 1:
-        blocks.append(nnx.Conv(c, c, (3, 3), strides=(2, 2), dtype=dtype, rngs=rngs))
+        blocks.append(layers.conv(c, c, (3, 3), strides=(2, 2), dtype=dtype, rngs=rngs))
     blocks.append(ResBlock(c, c, emb_dim, dropout, dtype, rngs=rngs))
     self.blocks = nnx.List(blocks)
-    self.norm_out = nnx.GroupNorm(c, num_groups=_groups(c), epsilon=1e-6, dtype=dtype, rngs=rngs)
-    self.head = nnx.Linear(c, 1, rngs=rngs)
+    self.norm_out = layers.group_norm_module(c, num_groups=_groups(c), epsilon=1e-6, dtype=dtype, rngs=rngs)
+    self.head = layers.linear(c, 1, rngs=rngs)
 
   def __call__(self, x, c_noise, class_labels=None, augment_labels=None, *, train=False,
                rngs=None):

@@ -40,15 +40,29 @@ def _scoped(name: str):
 # ----------------------------------------------------------------------------------------------
 # Initialisation: the reference's four schemes, scaled by init_weight / init_bias.
 
+def _padded_size(n: int) -> int:
+  """The draw length for n values: the next power of two, at least 2^16 (drawing 65,536 values
+  costs well under a millisecond; compiling a sampler for one more length costs about a second)."""
+  return max(1 << 16, 1 << max(0, (n - 1).bit_length()))
+
+
+def to_device(values: np.ndarray) -> jax.Array:
+  """A host array as a jax.Array: jax.device_put transfers it (jnp.asarray compiles a `stage`
+  program per new shape when eager); under tracing it is the same constant."""
+  return jax.device_put(values)
+
+
 def _draw(key, shape, normal: bool):
   """Standard normal or U(-1, 1) float32 values of `shape`.
 
-  Drawn as a flat vector padded to a power of two, so that the compiled sampler is shared by every
-  layer (a network has dozens of distinct shapes, and an eager draw per new shape costs a
-  compilation). The same values come out eagerly and under tracing (jit / eval_shape).
+  Drawn as a flat vector padded to a power of two of at least 2^16, so that the compiled sampler
+  is shared by every layer (a network has dozens of distinct shapes, and an eager draw per new
+  shape costs a compilation; the small layers all share one). Threefry is partitionable: the first
+  n values of a longer draw are the values of the length-n draw, up to XLA's rounding of a few
+  elements of the normal's erfinv.
   """
   n = int(np.prod(shape))
-  size = 1 << max(0, (n - 1).bit_length())
+  size = _padded_size(n)
   if normal:
     flat = jax.random.normal(key, (size,), jnp.float32)
   else:
@@ -56,6 +70,13 @@ def _draw(key, shape, normal: bool):
   if isinstance(flat, jax.core.Tracer):
     return flat[:n].reshape(shape)
   return np.asarray(flat)[:n].reshape(shape)  # host-side slicing: no per-shape compilation
+
+
+def standard_normal(key, shape) -> np.ndarray | jax.Array:
+  """N(0, 1) float32 values of `shape` through `_draw`'s shared programs: a NumPy array when called
+  eagerly (perturbing every leaf of a network costs one compilation per power of two, not one per
+  leaf shape), a traced array under jit."""
+  return _draw(key, tuple(int(s) for s in shape), True)
 
 
 def weight_init(key, shape, mode: str, fan_in: int, fan_out: int, scale: float = 1.0):
@@ -71,12 +92,64 @@ def weight_init(key, shape, mode: str, fan_in: int, fan_out: int, scale: float =
   else:
     raise ValueError(f"invalid init mode {mode!r}")
   v = _draw(key, shape, normal) * np.float32(std * scale)
-  return jnp.asarray(v, jnp.float32)
+  return to_device(v.astype(np.float32)) if isinstance(v, np.ndarray) else v.astype(jnp.float32)
+
+
+# flax's default initialisers for nnx.Linear / nnx.Conv / nnx.GroupNorm with the same values, for
+# the networks built from those layers (unet, discriminator): flax draws each kernel eagerly at its
+# own shape and fills each bias with jnp.zeros, one XLA compilation per distinct shape (digits'
+# U-Net, 44 of them: 18.3 s of a cold `jaxdiff train`). Here the draw is `_draw`'s shared
+# power-of-two program (threefry is partitionable, so the first n values of a longer flat draw are
+# the values of the shaped draw) and the scaling and the constants are host-side NumPy.
+
+def lecun_normal(key, shape, dtype=jnp.float32):
+  """flax's `lecun_normal()`: truncated normal on (-2, 2), variance 1/fan_in (fan_in: every axis
+  but the last, as flax's in_axis=-2 times the receptive field)."""
+  shape = tuple(int(s) for s in shape)
+  fan_in = int(np.prod(shape[:-1]))
+  # flax: sqrt(float32(1 / fan_in)) / float32(0.8796...), in float32; the same roundings here.
+  std = np.sqrt(np.float32(1.0 / fan_in)) / np.float32(.87962566103423978)
+  n = int(np.prod(shape))
+  size = _padded_size(n)
+  flat = jax.random.truncated_normal(key, -2.0, 2.0, (size,), jnp.float32)
+  if isinstance(flat, jax.core.Tracer):
+    return (flat[:n].reshape(shape) * std).astype(dtype)
+  return to_device((np.asarray(flat)[:n].reshape(shape) * std).astype(dtype))
+
+
+def constant_init(value: float):
+  """flax's `zeros` / `ones` initialisers, as a host array (no per-shape compilation)."""
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    return to_device(np.full(tuple(int(s) for s in shape), value, dtype))
+  return init
+
+
+zeros_init = constant_init(0.0)
+ones_init = constant_init(1.0)
+# Keyword arguments giving nnx.Linear / nnx.Conv and nnx.GroupNorm these initialisers.
+DENSE_INIT = {"kernel_init": lecun_normal, "bias_init": zeros_init}
+NORM_INIT = {"scale_init": ones_init, "bias_init": zeros_init}
+
+
+def conv(*args, **kwargs) -> nnx.Conv:
+  """nnx.Conv with the host-drawn default initialisers (an explicit kernel_init still wins)."""
+  return nnx.Conv(*args, **{**DENSE_INIT, **kwargs})
+
+
+def linear(*args, **kwargs) -> nnx.Linear:
+  """nnx.Linear with the host-drawn default initialisers."""
+  return nnx.Linear(*args, **{**DENSE_INIT, **kwargs})
+
+
+def group_norm_module(*args, **kwargs) -> nnx.GroupNorm:
+  """nnx.GroupNorm with host-side ones / zeros for its scale and bias."""
+  return nnx.GroupNorm(*args, **{**NORM_INIT, **kwargs})
 
 
 def _scaled_init(rngs, shape, mode, fan_in, fan_out, scale) -> jax.Array:
   if scale == 0:  # zero init: no random draw needed
-    return jnp.asarray(np.zeros(shape, np.float32))
+    return to_device(np.zeros(shape, np.float32))
   return weight_init(rngs.params(), shape, mode, fan_in, fan_out, scale)
 
 
@@ -244,8 +317,8 @@ class GroupNorm(nnx.Module):
                eps: float = 1e-5):
     self.num_groups = group_count(num_channels, num_groups, min_channels_per_group)
     self.eps = eps
-    self.weight = nnx.Param(jnp.asarray(np.ones((num_channels,), np.float32)))
-    self.bias = nnx.Param(jnp.asarray(np.zeros((num_channels,), np.float32)))
+    self.weight = nnx.Param(to_device(np.ones((num_channels,), np.float32)))
+    self.bias = nnx.Param(to_device(np.zeros((num_channels,), np.float32)))
 
   @_scoped("group_norm")
   def __call__(self, x):

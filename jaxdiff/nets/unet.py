@@ -46,16 +46,16 @@ class ResBlock(nnx.Module):
   def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float, dtype, *, remat=False,
                rngs: nnx.Rngs):
     self.remat = bool(remat)
-    self.norm0 = nnx.GroupNorm(cin, num_groups=_groups(cin), epsilon=1e-6, dtype=dtype, rngs=rngs)
-    self.conv0 = nnx.Conv(cin, cout, (3, 3), dtype=dtype, rngs=rngs)
+    self.norm0 = layers.group_norm_module(cin, num_groups=_groups(cin), epsilon=1e-6, dtype=dtype, rngs=rngs)
+    self.conv0 = layers.conv(cin, cout, (3, 3), dtype=dtype, rngs=rngs)
     # Embedding gives a per-channel scale and shift (adaptive GroupNorm).
-    self.affine = nnx.Linear(emb_dim, 2 * cout, dtype=dtype, rngs=rngs)
-    self.norm1 = nnx.GroupNorm(cout, num_groups=_groups(cout), epsilon=1e-6, dtype=dtype, rngs=rngs)
+    self.affine = layers.linear(emb_dim, 2 * cout, dtype=dtype, rngs=rngs)
+    self.norm1 = layers.group_norm_module(cout, num_groups=_groups(cout), epsilon=1e-6, dtype=dtype, rngs=rngs)
     self.dropout = float(dropout)
     # Zero init: every block starts as the identity, which keeps deep stacks trainable.
-    self.conv1 = nnx.Conv(cout, cout, (3, 3), dtype=dtype, kernel_init=nnx.initializers.zeros,
+    self.conv1 = layers.conv(cout, cout, (3, 3), dtype=dtype, kernel_init=layers.zeros_init,
                           rngs=rngs)
-    self.skip = nnx.Conv(cin, cout, (1, 1), dtype=dtype, rngs=rngs) if cin != cout else None
+    self.skip = layers.conv(cin, cout, (1, 1), dtype=dtype, rngs=rngs) if cin != cout else None
 
   def __call__(self, x, emb, *, train: bool, rngs):
     if self.remat:
@@ -72,10 +72,10 @@ class ResBlock(nnx.Module):
 
 class Attention(nnx.Module):
   def __init__(self, channels: int, dtype, *, rngs: nnx.Rngs):
-    self.norm = nnx.GroupNorm(channels, num_groups=_groups(channels), epsilon=1e-6, dtype=dtype,
+    self.norm = layers.group_norm_module(channels, num_groups=_groups(channels), epsilon=1e-6, dtype=dtype,
                               rngs=rngs)
-    self.qkv = nnx.Linear(channels, 3 * channels, dtype=dtype, rngs=rngs)
-    self.proj = nnx.Linear(channels, channels, dtype=dtype, kernel_init=nnx.initializers.zeros,
+    self.qkv = layers.linear(channels, 3 * channels, dtype=dtype, rngs=rngs)
+    self.proj = layers.linear(channels, channels, dtype=dtype, kernel_init=layers.zeros_init,
                            rngs=rngs)
 
   def __call__(self, x):
@@ -97,12 +97,12 @@ class UNet(nnx.Module):
     self.label_dropout = label_dropout
     self.dtype = dtype
     emb_dim = 4 * model_channels
-    self.map0 = nnx.Linear(model_channels, emb_dim, rngs=rngs)
-    self.map1 = nnx.Linear(emb_dim, emb_dim, rngs=rngs)
-    self.map_label = nnx.Linear(label_dim, model_channels, use_bias=False, rngs=rngs) if label_dim else None
-    self.map_augment = (nnx.Linear(augment_dim, model_channels, use_bias=False, rngs=rngs)
+    self.map0 = layers.linear(model_channels, emb_dim, rngs=rngs)
+    self.map1 = layers.linear(emb_dim, emb_dim, rngs=rngs)
+    self.map_label = layers.linear(label_dim, model_channels, use_bias=False, rngs=rngs) if label_dim else None
+    self.map_augment = (layers.linear(augment_dim, model_channels, use_bias=False, rngs=rngs)
                         if augment_dim else None)
-    self.conv_in = nnx.Conv(in_channels, model_channels, (3, 3), dtype=dtype, rngs=rngs)
+    self.conv_in = layers.conv(in_channels, model_channels, (3, 3), dtype=dtype, rngs=rngs)
 
     down, skips, c, res = [], [model_channels], model_channels, img_resolution
     for level, mult in enumerate(channel_mult):
@@ -113,7 +113,7 @@ class UNet(nnx.Module):
         down.append(Attention(c, dtype, rngs=rngs) if res in attn_resolutions else None)
         skips.append(c)
       if level != len(channel_mult) - 1:
-        down.append(nnx.Conv(c, c, (3, 3), strides=(2, 2), dtype=dtype, rngs=rngs))
+        down.append(layers.conv(c, c, (3, 3), strides=(2, 2), dtype=dtype, rngs=rngs))
         skips.append(c)
         res //= 2
     self.down = nnx.List(down)
@@ -129,12 +129,12 @@ class UNet(nnx.Module):
         c = model_channels * mult
         up.append(Attention(c, dtype, rngs=rngs) if res in attn_resolutions else None)
       if level != 0:
-        up.append(nnx.Conv(c, c, (3, 3), dtype=dtype, rngs=rngs))  # after nearest upsampling
+        up.append(layers.conv(c, c, (3, 3), dtype=dtype, rngs=rngs))  # after nearest upsampling
         res *= 2
     self.up = nnx.List(up)
-    self.norm_out = nnx.GroupNorm(c, num_groups=_groups(c), epsilon=1e-6, dtype=dtype, rngs=rngs)
-    self.conv_out = nnx.Conv(c, out_channels, (3, 3), dtype=dtype,
-                             kernel_init=nnx.initializers.zeros, rngs=rngs)
+    self.norm_out = layers.group_norm_module(c, num_groups=_groups(c), epsilon=1e-6, dtype=dtype, rngs=rngs)
+    self.conv_out = layers.conv(c, out_channels, (3, 3), dtype=dtype,
+                             kernel_init=layers.zeros_init, rngs=rngs)
 
   def __call__(self, x, c_noise, class_labels=None, augment_labels=None, *, train=False, rngs=None):
     emb = positional_embedding(c_noise, self.model_channels)
