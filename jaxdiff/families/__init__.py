@@ -12,6 +12,7 @@ See docs/ARCHITECTURE.md, "Adding a model family".
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 from typing import Callable
 
@@ -194,3 +195,35 @@ def compile_step(exp, step_cfg, **jit_kwargs):
   if family.compile_step is not None:
     return family.compile_step(step_cfg, exp, **jit_kwargs)
   return default_compile_step(family.loss(exp), step_cfg, **jit_kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class _StepKey:
+  exp: object                  # the Experiment with its loop-only training fields blanked
+  jit: tuple                   # jit_kwargs as (leaves, treedef): shardings and donation
+  args: tuple = dataclasses.field(compare=False, hash=False)  # what the first caller passed
+
+
+@functools.lru_cache(maxsize=4)
+def _memoised_step(key: _StepKey):
+  exp, step_cfg = key.args
+  return compile_step(exp, step_cfg, **jax.tree.unflatten(key.jit[1], key.jit[0]))
+
+
+# Training fields the loop reads and the step does not: runs differing only in these share a step.
+_LOOP_ONLY = dict(steps=0, checkpoint_every=0, keep_checkpoints=0, log_every=0, sample_every=0,
+                  sample_grid=0, distributed=None)
+
+
+def training_step(exp, optimizer, graphdef, **jit_kwargs):
+  """`compile_step` of `exp` with the StepConfig built from (exp, graphdef, optimizer), for a run's
+  loop. Families without a compile_step hook build their step from the Experiment alone, so a
+  second run of the same experiment in one process (a rerun notebook cell, a resumed run, another
+  length) gets the first run's jitted step back: no tracing, lowering or cache read again. Hooks
+  may hold more than the Experiment (a teacher's weights read from disk) and are always rebuilt."""
+  step_cfg = step_config(exp, graphdef, optimizer)
+  if of(exp).compile_step is not None:
+    return compile_step(exp, step_cfg, **jit_kwargs)
+  leaves, treedef = jax.tree.flatten(jit_kwargs)
+  blank = dataclasses.replace(exp, training=dataclasses.replace(exp.training, **_LOOP_ONLY))
+  return _memoised_step(_StepKey(blank, (tuple(leaves), treedef), (exp, step_cfg)))

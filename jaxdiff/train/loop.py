@@ -80,7 +80,6 @@ def train(exp, workdir: str) -> dict:
 
   optimizer = families.make_optimizer(exp)
   graphdef, abstract = families.abstract_state(exp, optimizer)
-  step_cfg = families.step_config(exp, graphdef, optimizer)
   mngr = ckpt_lib.manager(workdir, keep=t.keep_checkpoints)
   state_sh = sharding_lib.state_sharding(abstract, mesh, fsdp=t.fsdp)
   state, meta = _resume_or_start(exp, workdir, mngr, abstract, state_sh, optimizer)
@@ -89,9 +88,9 @@ def train(exp, workdir: str) -> dict:
 
   batch_sh = sharding_lib.batch_sharding(mesh)
   # The family compiles its step (one program, or one per multi-stage stage) for the mesh's layout.
-  step_fn = families.compile_step(exp, step_cfg, donate_argnums=0,
-                                  in_shardings=(state_sh, batch_sh),
-                                  out_shardings=(state_sh, sharding_lib.replicated(mesh)))
+  step_fn = families.training_step(exp, optimizer, graphdef, donate_argnums=0,
+                                   in_shardings=(state_sh, batch_sh),
+                                   out_shardings=(state_sh, sharding_lib.replicated(mesh)))
 
   from tensorboardX import SummaryWriter
   writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
