@@ -61,7 +61,6 @@ TINY_CIFAR = ["--config.model.model_channels=16", "--config.model.channel_mult=(
 def random_weights(params, seed: int = 1):
   """The fresh initialisation plus N(0, 1/fan_in) on every ≥ 2-D weight (per-leaf keys)."""
   import jax
-  import jax.numpy as jnp
   import numpy as np
 
   from jaxdiff.nets.layers import standard_normal
@@ -74,7 +73,7 @@ def random_weights(params, seed: int = 1):
     fan_in = int(np.prod(leaf.shape[:-1]))
     # Host-side arithmetic on a shared-program draw: no compilation per leaf shape (tiny run 20 s).
     noise = standard_normal(k, leaf.shape) / np.float32(np.sqrt(fan_in))
-    return jnp.asarray(np.asarray(leaf) + noise.astype(leaf.dtype))
+    return jax.device_put(np.asarray(leaf) + noise.astype(leaf.dtype))
   return jax.tree_util.tree_map_with_path(perturb, params)
 
 

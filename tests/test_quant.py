@@ -23,6 +23,7 @@ def setup():
   from jaxdiff import build, families
   from jaxdiff.config import load_config
   from jaxdiff.denoiser import make_denoiser
+  from jaxdiff.nets.layers import standard_normal
   from jaxdiff.quant import QuantSpec, quantize
   cfg = load_config(DIGITS, ["--config.model.model_channels=16", "--config.model.channel_mult=(1,2)",
                              "--config.model.num_blocks=1", "--config.model.attn_resolutions=()"])
@@ -34,8 +35,10 @@ def setup():
       return leaf
     k = jax.random.fold_in(jax.random.PRNGKey(1), zlib.crc32(jax.tree_util.keystr(path).encode()))
     k1, k2 = jax.random.split(k)
-    spread = jnp.exp(0.5 * jax.random.normal(k2, (leaf.shape[-2], 1)))
-    return (leaf + 0.1 * jax.random.normal(k1, leaf.shape)) * spread
+    # Host-side arithmetic on shared-program draws: no compilation per leaf shape.
+    spread = np.exp(np.float32(0.5) * standard_normal(k2, (leaf.shape[-2], 1)))
+    return jax.device_put((np.asarray(leaf) + np.float32(0.1) * standard_normal(k1, leaf.shape))
+                       * spread)
   params = jax.tree_util.tree_map_with_path(randomize, params)
   n = len(SIGMAS)
   x = jax.random.normal(jax.random.PRNGKey(2), (n, *exp.data.shape)) * SIGMAS[:, None, None, None]

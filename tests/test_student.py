@@ -35,7 +35,7 @@ def write_teacher(workdir) -> str:
     if leaf.ndim < 2:
       return leaf
     # Host-side arithmetic on a shared-program draw: no compilation per leaf shape.
-    return jnp.asarray(np.asarray(leaf) + np.float32(0.05) * standard_normal(k, leaf.shape))
+    return jax.device_put(np.asarray(leaf) + np.float32(0.05) * standard_normal(k, leaf.shape))
   params = jax.tree_util.tree_map_with_path(randomize, params)
   ckpt_lib.ensure_writable(str(workdir))
   ckpt_lib.check_or_write_config(str(workdir), to_json(cfg))
