@@ -1,5 +1,6 @@
 """families.training_step: a second run of the same experiment in one process reuses the jitted
-step (no new trace); a change the step depends on, or a family hook, gives a new one."""
+step (no new trace); a change the step depends on, or a family hook that reads files, gives a new
+one."""
 
 import os
 
@@ -49,10 +50,14 @@ def test_reused_step_trains_like_a_fresh_one():
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_a_family_hook_is_rebuilt_each_time():
-  config = os.path.join(ROOT, "configs", "digits_multistage.py")
+def test_a_family_hook_is_rebuilt_unless_marked_reusable():
   from jaxdiff import families
-  _, exp, optimizer, graphdef = _run_parts(config=config)
-  assert families.of(exp).compile_step is not None
+  # The multi-stage hook builds its per-stage programs from the Experiment alone: reused.
+  _, exp, optimizer, graphdef = _run_parts(
+      config=os.path.join(ROOT, "configs", "digits_multistage.py"))
+  assert families.of(exp).compile_step is not None and families.of(exp).reusable_step
   assert (families.training_step(exp, optimizer, graphdef)
-          is not families.training_step(exp, optimizer, graphdef))
+          is families.training_step(exp, optimizer, graphdef))
+  # The discriminator's hook holds the weights of the model it reads from disk: rebuilt.
+  family = families.get("discriminator")
+  assert family.compile_step is not None and not family.reusable_step

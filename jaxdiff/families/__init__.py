@@ -79,6 +79,9 @@ class Family:
   make_network: Callable = default_network   # (Experiment, seed) -> (graphdef, params)
   # (StepConfig, Experiment, **jit_kwargs) -> step(state, batch); None: the skeleton, one jit
   compile_step: Callable | None = None
+  # True: compile_step builds the step from its arguments alone (no files read, no weights held),
+  #   so `training_step` may hand a later run of the same Experiment the same compiled step
+  reusable_step: bool = False
   make_spec: Callable | None = None   # (NetworkSpec, loss, batch_size, section: dict) -> spec
   info: Callable | None = None         # (Experiment) -> dict of extra `jaxdiff info` figures
   # True: the family owns every config holding its section (whatever the arch; see `select`)
@@ -217,12 +220,14 @@ _LOOP_ONLY = dict(steps=0, checkpoint_every=0, keep_checkpoints=0, log_every=0, 
 
 def training_step(exp, optimizer, graphdef, **jit_kwargs):
   """`compile_step` of `exp` with the StepConfig built from (exp, graphdef, optimizer), for a run's
-  loop. Families without a compile_step hook build their step from the Experiment alone, so a
-  second run of the same experiment in one process (a rerun notebook cell, a resumed run, another
-  length) gets the first run's jitted step back: no tracing, lowering or cache read again. Hooks
-  may hold more than the Experiment (a teacher's weights read from disk) and are always rebuilt."""
+  loop. The skeleton's step (no compile_step hook) and a hook marked `reusable_step` are built
+  from the Experiment alone, so a second run of the same experiment in one process (a rerun
+  notebook cell, a resumed run, another length) gets the first run's jitted step back: no tracing,
+  lowering or cache read again. Other hooks may hold more than the Experiment (a teacher's weights
+  read from disk) and are rebuilt each time."""
   step_cfg = step_config(exp, graphdef, optimizer)
-  if of(exp).compile_step is not None:
+  family = of(exp)
+  if family.compile_step is not None and not family.reusable_step:
     return compile_step(exp, step_cfg, **jit_kwargs)
   leaves, treedef = jax.tree.flatten(jit_kwargs)
   blank = dataclasses.replace(exp, training=dataclasses.replace(exp.training, **_LOOP_ONLY))

@@ -24,5 +24,5 @@ def info(exp) -> dict:
 
 
 FAMILY = Family(name="multistage", archs=("multistage",), loss=lambda exp: ms_step.multistage_loss(exp.family_spec),
-                make_optimizer=make_optimizer, compile_step=compile_step,
+                make_optimizer=make_optimizer, compile_step=compile_step, reusable_step=True,
                 make_spec=ms_step.multistage_config, info=info)
