@@ -134,3 +134,29 @@ def test_plain_and_multistage_steps_share_the_update():
       p, np.float64), state.ema, plain_state.params)
   chex.assert_trees_all_close(jax.tree.map(lambda x: np.asarray(x, np.float64), plain_state.ema),
                               want, rtol=1e-5, atol=1e-7)
+
+
+def test_non_finite_gradients_are_reported_and_sanitized_before_adam():
+  """A NaN and an inf in the gradients: grads_finite is False, grad_norm is not finite, and the
+  update is Adam's on the sanitized gradients (NaN -> 0, inf -> 1e5), computed here in float64."""
+  import optax
+  params = {"a": jnp.array([1.0, -2.0, 0.5]), "b": jnp.array([[0.25, 3.0]])}
+  grads = {"a": jnp.array([jnp.nan, 0.5, -1.0]), "b": jnp.array([[jnp.inf, 2.0]])}
+  lr = 0.1
+  cfg = StepConfig(graphdef=None, precond=None, loss=None, optimizer=optax.adam(lr), label_dim=0,
+                   batch_size=4, ema_halflife_images=100.0, ema_rampup_ratio=None)
+  state = init_state(params, cfg.optimizer, seed=0)
+  new, metrics = jax.jit(lambda s, g: apply_update(cfg, s, g))(state, grads)
+  assert not bool(metrics["grads_finite"]) and not np.isfinite(float(metrics["grad_norm"]))
+  for name, clean in (("a", [0.0, 0.5, -1.0]), ("b", [[1e5, 2.0]])):
+    g = np.asarray(clean, np.float64)
+    m, v = 0.1 * g, 0.001 * g * g              # one Adam step from zero moments
+    m_hat, v_hat = m / (1 - 0.9), v / (1 - 0.999)
+    want = np.asarray(params[name], np.float64) - lr * m_hat / (np.sqrt(v_hat) + 1e-8)
+    chex.assert_type(new.params[name], jnp.float32)
+    np.testing.assert_allclose(np.asarray(new.params[name]), want, rtol=1e-6, atol=2e-6)  # float32
+  # A finite step reports the norm of its gradients.
+  finite = {"a": jnp.array([3.0, 0.0, 0.0]), "b": jnp.array([[0.0, 4.0]])}
+  _, metrics = jax.jit(lambda s, g: apply_update(cfg, s, g))(state, finite)
+  assert bool(metrics["grads_finite"])
+  np.testing.assert_allclose(float(metrics["grad_norm"]), 5.0, rtol=1e-7)
