@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxdiff.nets import layers
-from jaxdiff.nets.unet import ResBlock, _groups, positional_embedding
+from jaxdiff.nets.unet import ResBlock, make_group_norm, positional_embedding
 
 
 class Discriminator(nnx.Module):
@@ -46,7 +46,7 @@ class Discriminator(nnx.Module):
         blocks.append(layers.conv(c, c, (3, 3), strides=(2, 2), dtype=dtype, rngs=rngs))
     blocks.append(ResBlock(c, c, emb_dim, dropout, dtype, rngs=rngs))
     self.blocks = nnx.List(blocks)
-    self.norm_out = layers.group_norm_module(c, num_groups=_groups(c), epsilon=1e-6, dtype=dtype, rngs=rngs)
+    self.norm_out = make_group_norm(c, dtype, rngs)
     self.head = layers.linear(c, 1, rngs=rngs)
 
   def __call__(self, x, c_noise, class_labels=None, augment_labels=None, *, train=False,

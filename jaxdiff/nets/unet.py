@@ -24,6 +24,12 @@ def _groups(channels: int) -> int:
   return g
 
 
+def make_group_norm(channels: int, dtype, rngs) -> nnx.GroupNorm:
+  """The U-Net's GroupNorm: `_groups` groups, eps 1e-6, host-initialised scale and bias."""
+  return layers.group_norm_module(channels, num_groups=_groups(channels), epsilon=1e-6, dtype=dtype,
+                                  rngs=rngs)
+
+
 def positional_embedding(c_noise: jax.Array, dim: int, max_positions: int = 10000) -> jax.Array:
   """[B] -> [B, dim]: cos/sin of c_noise at geometric frequencies (float32: it feeds every layer)."""
   freqs = (1.0 / max_positions) ** (np.arange(dim // 2, dtype=np.float32) / (dim // 2))
@@ -46,15 +52,15 @@ class ResBlock(nnx.Module):
   def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float, dtype, *, remat=False,
                rngs: nnx.Rngs):
     self.remat = bool(remat)
-    self.norm0 = layers.group_norm_module(cin, num_groups=_groups(cin), epsilon=1e-6, dtype=dtype, rngs=rngs)
+    self.norm0 = make_group_norm(cin, dtype, rngs)
     self.conv0 = layers.conv(cin, cout, (3, 3), dtype=dtype, rngs=rngs)
     # Embedding gives a per-channel scale and shift (adaptive GroupNorm).
     self.affine = layers.linear(emb_dim, 2 * cout, dtype=dtype, rngs=rngs)
-    self.norm1 = layers.group_norm_module(cout, num_groups=_groups(cout), epsilon=1e-6, dtype=dtype, rngs=rngs)
+    self.norm1 = make_group_norm(cout, dtype, rngs)
     self.dropout = float(dropout)
     # Zero init: every block starts as the identity, which keeps deep stacks trainable.
     self.conv1 = layers.conv(cout, cout, (3, 3), dtype=dtype, kernel_init=layers.zeros_init,
-                          rngs=rngs)
+                             rngs=rngs)
     self.skip = layers.conv(cin, cout, (1, 1), dtype=dtype, rngs=rngs) if cin != cout else None
 
   def __call__(self, x, emb, *, train: bool, rngs):
@@ -72,11 +78,10 @@ class ResBlock(nnx.Module):
 
 class Attention(nnx.Module):
   def __init__(self, channels: int, dtype, *, rngs: nnx.Rngs):
-    self.norm = layers.group_norm_module(channels, num_groups=_groups(channels), epsilon=1e-6, dtype=dtype,
-                              rngs=rngs)
+    self.norm = make_group_norm(channels, dtype, rngs)
     self.qkv = layers.linear(channels, 3 * channels, dtype=dtype, rngs=rngs)
     self.proj = layers.linear(channels, channels, dtype=dtype, kernel_init=layers.zeros_init,
-                           rngs=rngs)
+                              rngs=rngs)
 
   def __call__(self, x):
     b, h, w, c = x.shape
@@ -99,7 +104,8 @@ class UNet(nnx.Module):
     emb_dim = 4 * model_channels
     self.map0 = layers.linear(model_channels, emb_dim, rngs=rngs)
     self.map1 = layers.linear(emb_dim, emb_dim, rngs=rngs)
-    self.map_label = layers.linear(label_dim, model_channels, use_bias=False, rngs=rngs) if label_dim else None
+    self.map_label = (layers.linear(label_dim, model_channels, use_bias=False, rngs=rngs)
+                      if label_dim else None)
     self.map_augment = (layers.linear(augment_dim, model_channels, use_bias=False, rngs=rngs)
                         if augment_dim else None)
     self.conv_in = layers.conv(in_channels, model_channels, (3, 3), dtype=dtype, rngs=rngs)
@@ -132,9 +138,9 @@ class UNet(nnx.Module):
         up.append(layers.conv(c, c, (3, 3), dtype=dtype, rngs=rngs))  # after nearest upsampling
         res *= 2
     self.up = nnx.List(up)
-    self.norm_out = layers.group_norm_module(c, num_groups=_groups(c), epsilon=1e-6, dtype=dtype, rngs=rngs)
+    self.norm_out = make_group_norm(c, dtype, rngs)
     self.conv_out = layers.conv(c, out_channels, (3, 3), dtype=dtype,
-                             kernel_init=layers.zeros_init, rngs=rngs)
+                                kernel_init=layers.zeros_init, rngs=rngs)
 
   def __call__(self, x, c_noise, class_labels=None, augment_labels=None, *, train=False, rngs=None):
     emb = positional_embedding(c_noise, self.model_channels)
