@@ -202,6 +202,8 @@ def test_checkpoints_without_aux_keep_their_layout_and_with_aux_restore_it(tmp_p
   mngr.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(old),
                                        meta=ocp.args.JsonSave({"step": 1})))
   mngr.wait_until_finished()
+  mngr.close()
+  mngr = ckpt_lib.manager(str(tmp_path / "old"), async_save=False)  # read as a later run reads it
   abstract = jax.eval_shape(lambda: state)
   restored, _ = ckpt_lib.restore(mngr, abstract)
   assert restored.aux is None

@@ -100,7 +100,9 @@ def test_load_reads_only_weights_without_an_optimizer(workdir, monkeypatch):
   ema, raw = jaxdiff.load(workdir), jaxdiff.load(workdir, ema=False)
   chex.assert_trees_all_equal(ema.params, full.ema)
   chex.assert_trees_all_equal(raw.params, full.params)
-  asked = [set(a["state"].item) for a in seen]
+  # Each load reads the checkpoint's meta (its layout), then the state: only params and EMA.
+  assert [set(a.keys()) for a in seen] == [{"meta"}, {"state"}] * 2
+  asked = [set(a["state"].item) for a in seen if "state" in a.keys()]
   assert asked == [{"params", "ema"}] * 2             # never opt_state, rng or the extra EMAs
   with pytest.raises(ValueError, match="which"):
     ckpt_lib.restore_weights(workdir, abstract_params, which="opt_state")

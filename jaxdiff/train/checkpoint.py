@@ -146,9 +146,25 @@ def _on_disk(state):
   return {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if f.name != "aux"}
 
 
+# meta["layout"] of checkpoints whose fields are stored by train.packing (small arrays as one
+# vector per dtype); checkpoints without it hold one orbax array per leaf and still restore.
+PACKED = "packed-1"
+
+
+def _fields(state) -> dict:
+  """A TrainState (or its abstract) as {field: subtree}, without `aux` when that is None."""
+  import dataclasses
+  return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+          if not (f.name == "aux" and getattr(state, "aux", None) is None)}
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
-  meta = dict(meta, checksum=checksum(state))
-  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_on_disk(state)),
+  from jaxdiff.train import packing
+  meta = dict(meta, checksum=checksum(state), layout=PACKED)
+  stored = {name: packing.pack(tree) for name, tree in _fields(state).items()}
+  # PyTreeSave, as every restore here is a PyTreeRestore: a manager keeps the handler an item was
+  # first used with, and refuses the other kind.
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(stored),
                                           meta=ocp.args.JsonSave(meta)))
 
 
@@ -179,13 +195,39 @@ def _current_layout(abstract, default=None):
   return jax.tree.map(leaf, abstract)
 
 
+def _read_meta(mngr, step) -> dict:
+  return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"] or {}
+
+
+def _per_leaf_restore(target, partial: bool = False):
+  """Orbax's restore of a checkpoint with one array per leaf into `target`'s layout."""
+  import jax
+  restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(
+      sharding=a.sharding, global_shape=a.shape, dtype=a.dtype), target)
+  return ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=partial)
+
+
+def _restore_packed(mngr, step, abstract_fields: dict) -> dict:
+  """{field: tree} of a PACKED checkpoint, for the fields of `abstract_fields` only."""
+  from jaxdiff.train import packing
+  targets = {name: _current_layout(tree) for name, tree in abstract_fields.items()}
+  items = {name: packing.packed_target(tree) for name, tree in targets.items()}
+  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item={name: item for name, (item, _) in items.items()},
+      restore_args={name: args for name, (_, args) in items.items()},
+      partial_restore=True)))["state"]
+  return {name: packing.unpack(restored[name], targets[name]) for name in targets}
+
+
 def _restore_one(mngr, abstract_state, step):
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(_current_layout(_on_disk(abstract_state))),
-      meta=ocp.args.JsonRestore()))
-  state, meta = restored["state"], restored["meta"]
-  if isinstance(state, dict):  # saved without aux (see _on_disk)
-    state = abstract_state.replace(**state)
+  meta = _read_meta(mngr, step)
+  if meta.get("layout") == PACKED:
+    state = abstract_state.replace(**_restore_packed(mngr, step, _fields(abstract_state)))
+  else:  # one orbax array per leaf (checkpoints written before the packed layout)
+    state = mngr.restore(step, args=ocp.args.Composite(
+        state=_per_leaf_restore(_current_layout(_on_disk(abstract_state)))))["state"]
+    if isinstance(state, dict):  # saved without aux (see _on_disk)
+      state = abstract_state.replace(**state)
   if meta and "checksum" in meta:
     import numpy as np
     got = checksum(state)
@@ -203,15 +245,13 @@ def _restore_weights_one(mngr, abstract_params, step):
   state and extra EMAs are never read. Both are read so both recorded checksums are checked."""
   import jax
   import numpy as np
-  target = _current_layout(abstract_params)
-  item = {name: target for name in _WEIGHTS}
-  restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding,
-                                                             global_shape=a.shape, dtype=a.dtype),
-                              item)
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True),
-      meta=ocp.args.JsonRestore()))
-  weights, meta = restored["state"], restored["meta"]
+  meta = _read_meta(mngr, step)
+  if meta.get("layout") == PACKED:
+    weights = _restore_packed(mngr, step, {name: abstract_params for name in _WEIGHTS})
+  else:
+    target = _current_layout(abstract_params)
+    weights = mngr.restore(step, args=ocp.args.Composite(state=_per_leaf_restore(
+        {name: target for name in _WEIGHTS}, partial=True)))["state"]
   if meta and "checksum" in meta:
     got = [float(v) for v in jax.device_get(_weights_sum_jit()(weights))]
     want = [meta["checksum"][i] for i in _WEIGHTS.values()]
