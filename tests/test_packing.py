@@ -10,9 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxdiff.errors import JaxdiffError
 from jaxdiff.train import checkpoint as ckpt_lib
 from jaxdiff.train import packing
 from jaxdiff.train.state import init_state
@@ -89,9 +91,33 @@ def test_train_state_round_trip_through_orbax_with_few_stored_arrays(tmp_path):
   chex.assert_trees_all_equal(back, state)
   chex.assert_trees_all_equal_shapes_and_dtypes(back, state)
   assert meta["layout"] == ckpt_lib.PACKED and meta["step"] == 9
+  # The recorded Σ|x| (host float64 over the packed vectors) is the device's float32 sum.
+  np.testing.assert_allclose(meta["checksum"], ckpt_lib.checksum(state), rtol=1e-6)
+  np.testing.assert_allclose(meta["checksum"][0], sum(np.abs(np.asarray(x, np.float64)).sum()
+                                                      for x in jax.tree.leaves(state.params)))
   chex.assert_trees_all_equal(ckpt_lib.restore_weights(str(tmp_path), abstract.params), state.ema)
   chex.assert_trees_all_equal(ckpt_lib.restore_weights(str(tmp_path), abstract.params, "params"),
                               state.params)
+
+
+def test_a_changed_packed_vector_fails_its_checksum(tmp_path):
+  state = _state()
+  mngr = ckpt_lib.manager(str(tmp_path), async_save=False)
+  ckpt_lib.save(mngr, 9, state, {"step": 9})
+  mngr.wait_until_finished()
+  packed = {name: packing.pack(tree) for name, tree in ckpt_lib._fields(state).items()}
+  packed["ema"]["small_float32"] = packed["ema"]["small_float32"] * 2.0  # Σ|x| +4.6e-4 rel
+  mngr.save(10, args=ocp.args.Composite(state=ocp.args.PyTreeSave(packed), meta=ocp.args.JsonSave(
+      {"step": 10, "layout": ckpt_lib.PACKED,
+       "checksum": ckpt_lib._packed_checksum({**packed, "ema": packing.pack(state.ema)},
+                                             ckpt_lib._CHECKSUMMED)})))
+  mngr.wait_until_finished()
+  abstract = jax.eval_shape(lambda: state)
+  with pytest.raises(JaxdiffError, match="checkpoint 10 .* cannot be read"):
+    ckpt_lib.restore(mngr, abstract, step=10)
+  back, _ = ckpt_lib.restore(mngr, abstract)  # the newest readable one: step 9
+  chex.assert_trees_all_equal(back, state)
+  mngr.close()
 
 
 def test_per_leaf_checkpoints_of_earlier_versions_still_restore(tmp_path):

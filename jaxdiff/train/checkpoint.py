@@ -160,8 +160,8 @@ def _fields(state) -> dict:
 
 def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
   from jaxdiff.train import packing
-  meta = dict(meta, checksum=checksum(state), layout=PACKED)
   stored = {name: packing.pack(tree) for name, tree in _fields(state).items()}
+  meta = dict(meta, checksum=_packed_checksum(stored, _CHECKSUMMED), layout=PACKED)
   # PyTreeSave, as every restore here is a PyTreeRestore: a manager keeps the handler an item was
   # first used with, and refuses the other kind.
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(stored),
@@ -199,6 +199,21 @@ def _read_meta(mngr, step) -> dict:
   return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"] or {}
 
 
+# The fields whose Σ|x| each checkpoint records, in the order of its meta's checksum list.
+_CHECKSUMMED = ("params", "ema", "opt_state")
+
+
+def _packed_checksum(stored: dict, names) -> list[float]:
+  from jaxdiff.train import packing
+  return [packing.abs_sum(stored[name]) for name in names]
+
+
+def _check(got, want) -> None:
+  import numpy as np
+  if not np.allclose(got, want, rtol=1e-5, atol=1e-6):
+    raise ValueError(f"checksum {got} differs from the saved {want}")
+
+
 def _per_leaf_restore(target, partial: bool = False):
   """Orbax's restore of a checkpoint with one array per leaf into `target`'s layout."""
   import jax
@@ -207,8 +222,9 @@ def _per_leaf_restore(target, partial: bool = False):
   return ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=partial)
 
 
-def _restore_packed(mngr, step, abstract_fields: dict) -> dict:
-  """{field: tree} of a PACKED checkpoint, for the fields of `abstract_fields` only."""
+def _restore_packed(mngr, step, abstract_fields: dict, want: dict) -> dict:
+  """{field: tree} of a PACKED checkpoint, for the fields of `abstract_fields` only; `want` maps
+  fields to their recorded Σ|x|, checked before anything is placed on a device."""
   from jaxdiff.train import packing
   targets = {name: _current_layout(tree) for name, tree in abstract_fields.items()}
   items = {name: packing.packed_target(tree) for name, tree in targets.items()}
@@ -216,47 +232,54 @@ def _restore_packed(mngr, step, abstract_fields: dict) -> dict:
       item={name: item for name, (item, _) in items.items()},
       restore_args={name: args for name, (_, args) in items.items()},
       partial_restore=True)))["state"]
+  if want:
+    _check(_packed_checksum(restored, want), list(want.values()))
   return {name: packing.unpack(restored[name], targets[name]) for name in targets}
+
+
+def _recorded(meta: dict, names) -> dict:
+  """{field: recorded Σ|x|} for `names` (empty for a checkpoint that recorded none)."""
+  if "checksum" not in meta:
+    return {}
+  return {name: meta["checksum"][_CHECKSUMMED.index(name)] for name in names}
 
 
 def _restore_one(mngr, abstract_state, step):
   meta = _read_meta(mngr, step)
   if meta.get("layout") == PACKED:
-    state = abstract_state.replace(**_restore_packed(mngr, step, _fields(abstract_state)))
-  else:  # one orbax array per leaf (checkpoints written before the packed layout)
-    state = mngr.restore(step, args=ocp.args.Composite(
-        state=_per_leaf_restore(_current_layout(_on_disk(abstract_state)))))["state"]
-    if isinstance(state, dict):  # saved without aux (see _on_disk)
-      state = abstract_state.replace(**state)
-  if meta and "checksum" in meta:
-    import numpy as np
-    got = checksum(state)
-    if not np.allclose(got, meta["checksum"], rtol=1e-5, atol=1e-6):
-      raise ValueError(f"checksum {got} differs from the saved {meta['checksum']}")
+    fields = _fields(abstract_state)
+    state = abstract_state.replace(**_restore_packed(mngr, step, fields,
+                                                     _recorded(meta, _CHECKSUMMED)))
+    return state, meta
+  # One orbax array per leaf (checkpoints written before the packed layout).
+  state = mngr.restore(step, args=ocp.args.Composite(
+      state=_per_leaf_restore(_current_layout(_on_disk(abstract_state)))))["state"]
+  if isinstance(state, dict):  # saved without aux (see _on_disk)
+    state = abstract_state.replace(**state)
+  if "checksum" in meta:
+    _check(checksum(state), meta["checksum"])
   return state, meta
 
 
-# The TrainState fields restore_weights reads, and their place in the saved checksum list.
-_WEIGHTS = {"params": 0, "ema": 1}
+# The TrainState fields restore_weights reads.
+_WEIGHTS = ("params", "ema")
 
 
 def _restore_weights_one(mngr, abstract_params, step):
   """Only state.params and state.ema of checkpoint `step` (orbax partial restore): the optimizer
   state and extra EMAs are never read. Both are read so both recorded checksums are checked."""
   import jax
-  import numpy as np
   meta = _read_meta(mngr, step)
   if meta.get("layout") == PACKED:
-    weights = _restore_packed(mngr, step, {name: abstract_params for name in _WEIGHTS})
-  else:
-    target = _current_layout(abstract_params)
-    weights = mngr.restore(step, args=ocp.args.Composite(state=_per_leaf_restore(
-        {name: target for name in _WEIGHTS}, partial=True)))["state"]
-  if meta and "checksum" in meta:
+    weights = _restore_packed(mngr, step, {name: abstract_params for name in _WEIGHTS},
+                              _recorded(meta, _WEIGHTS))
+    return weights, meta
+  target = _current_layout(abstract_params)
+  weights = mngr.restore(step, args=ocp.args.Composite(state=_per_leaf_restore(
+      {name: target for name in _WEIGHTS}, partial=True)))["state"]
+  if "checksum" in meta:
     got = [float(v) for v in jax.device_get(_weights_sum_jit()(weights))]
-    want = [meta["checksum"][i] for i in _WEIGHTS.values()]
-    if not np.allclose(got, want, rtol=1e-5, atol=1e-6):
-      raise ValueError(f"checksum {got} differs from the saved {want}")
+    _check(got, list(_recorded(meta, _WEIGHTS).values()))
   return weights, meta
 
 

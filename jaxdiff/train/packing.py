@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 PACK_MAX = 1 << 16  # elements
@@ -86,3 +87,26 @@ def unpack(stored: dict, abstract):
     # From host slices, per device: right for any sharding and any number of hosts.
     out.append(jax.make_array_from_callback(x.shape, sharding, lambda idx, v=value: v[idx]))
   return jax.tree.unflatten(treedef, out)
+
+
+def abs_sum(stored: dict) -> float:
+  """Σ|x| over the floating-point leaves of pack(tree)'s output: the small ones on the host in
+  float64 (no program to compile, which the sum on the device took per tree structure: 1.2 s for
+  a tiny digits state, 4.2 s for the default one, at XLA level 0), large ones on their devices."""
+  total = 0.0
+  big = []
+  for key, value in stored.items():
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+      continue
+    if key.startswith("small_"):
+      total += float(np.sum(np.abs(np.asarray(value, np.float64))))
+    else:
+      big.append(value)
+  if big:
+    total += float(sum(jax.device_get(_abs_sums(big))))
+  return total
+
+
+@jax.jit
+def _abs_sums(leaves):
+  return [jnp.sum(jnp.abs(x.astype(jnp.float32))) for x in leaves]
