@@ -19,8 +19,8 @@ from jaxdiff.config import load_config
 from jaxdiff.errors import JaxdiffError
 from jaxdiff.build import run_training as train
 
-# 20 steps, checkpoints every 5: each orbax save of even this tiny state takes ~1 s on the CPU (the
-# next save waits for it), so the checkpoints, not the steps, are most of these runs' time.
+# 20 steps, checkpoints every 5. (Saves were ~0.85 s each before the packed layout, ~0.07 s now:
+# docs/bench.md, 2026-12-03 evening.)
 STEPS = 20
 OVERRIDES = TINY + [f"--config.training.steps={STEPS}", "--config.training.checkpoint_every=5",
                     "--config.training.log_every=5", "--config.training.keep_checkpoints=3"]
