@@ -136,26 +136,24 @@ def _checksum_jit():
   return jax.jit(lambda p, e, o: [_sum_abs(p), _sum_abs(e), _sum_abs(o)])
 
 
-def _on_disk(state):
-  """The tree a TrainState is saved as / restored into: without its `aux` field when that is None
-  (every family but the adversarial one), so such checkpoints keep the layout they had before
-  TrainState.aux existed and older ones restore."""
-  if getattr(state, "aux", 0) is not None:
-    return state
-  import dataclasses
-  return {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if f.name != "aux"}
-
-
 # meta["layout"] of checkpoints whose fields are stored by train.packing (small arrays as one
 # vector per dtype); checkpoints without it hold one orbax array per leaf and still restore.
 PACKED = "packed-1"
 
 
 def _fields(state) -> dict:
-  """A TrainState (or its abstract) as {field: subtree}, without `aux` when that is None."""
+  """A TrainState (or its abstract) as {field: subtree}, without `aux` when that is None (every
+  family but the adversarial one), so such checkpoints keep the tree they had before
+  TrainState.aux existed."""
   import dataclasses
   return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
           if not (f.name == "aux" and getattr(state, "aux", None) is None)}
+
+
+def _on_disk(state):
+  """The tree a per-leaf (pre-packing) checkpoint of `state` holds: the TrainState itself when
+  it has an aux, else its `_fields` dict."""
+  return state if getattr(state, "aux", None) is not None else _fields(state)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
