@@ -19,7 +19,7 @@ from jaxdiff import sampling
 from jaxdiff.denoiser import make_denoiser
 from jaxdiff.errors import JaxdiffError
 from jaxdiff.guidance import autoguidance
-from jaxdiff.model import Model
+from jaxdiff.model import Model, jit_sampler
 
 
 def check_guide(main_exp, guide_exp) -> None:
@@ -61,7 +61,7 @@ def make_autoguided_sample_fn(graphdef, precond, guide_graphdef, guide_precond, 
     guided = lambda x, sigma: denoise(x, sigma, class_labels=class_labels)  # noqa: E731
     return sampling.sample(guided, latents, key=noise_keys, round_sigma=precond.round_sigma,
                            **kwargs)
-  return jax.jit(fn)
+  return jit_sampler(fn)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))

@@ -20,7 +20,7 @@ from jaxdiff.denoiser import make_denoiser
 from jaxdiff.discriminator import check_compatible, log_ratio_fn
 from jaxdiff.errors import JaxdiffError
 from jaxdiff.guidance import cfg_guidance
-from jaxdiff.model import Model
+from jaxdiff.model import Model, jit_sampler
 
 
 def check_discriminator(model_exp, disc_exp) -> None:
@@ -55,7 +55,7 @@ def make_dg_sample_fn(graphdef, precond, d_graphdef, d_loss, label_dim: int, sha
                      params, d_params, class_labels)
     return sampling.sample(guided, latents, key=noise_keys, round_sigma=precond.round_sigma,
                            **kwargs)
-  return jax.jit(fn)
+  return jit_sampler(fn)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6, 7))

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff import sampling
+from jaxdiff import sampling, xla_cpu
 from jaxdiff.denoiser import make_denoiser
 from jaxdiff.errors import JaxdiffError
 from jaxdiff.guidance import cfg_guidance
@@ -43,7 +43,13 @@ def make_sample_fn(graphdef, precond, label_dim: int, shape: tuple, sampler_item
     # The grid is rounded to σ the network supports (iDDPM's table), as the reference sampler does.
     return sampling.sample(guided, latents, key=noise_keys, round_sigma=precond.round_sigma,
                            **kwargs)
-  return jax.jit(fn)
+  return jit_sampler(fn)
+
+
+def jit_sampler(fn):
+  """jax.jit for a sampler program, with the CPU compile options of xla_cpu.sampler_compiler_options
+  (none on other backends)."""
+  return jax.jit(fn, compiler_options=xla_cpu.sampler_compiler_options(jax.default_backend()))
 
 
 def sampler_sigmas(exp, solver: str, num_steps: int, sigmas=None):

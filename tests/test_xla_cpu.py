@@ -1,5 +1,6 @@
 """The XLA CPU flags the commands add: added once, never over the user's own, gated on jaxlib."""
 
+from conftest import OPTIMIZED_COMPILE
 from jaxdiff import xla_cpu
 
 FLAG = xla_cpu.FLAGS[0]
@@ -25,3 +26,42 @@ def test_keeps_the_users_value_opt_out_and_other_jaxlib_versions():
   assert xla_cpu.apply(env, xla_cpu.MEASURED_ON) == [] and "XLA_FLAGS" not in env
   env = {}
   assert xla_cpu.apply(env, (0, 9)) == [] and "XLA_FLAGS" not in env
+
+
+def test_sampler_options_only_on_cpu_with_the_commands_setting():
+  want = {"xla_cpu_experimental_ynn_fusion_type": ",".join(xla_cpu.SAMPLER_YNN_TYPES)}
+  ours = {"XLA_FLAGS": f"--xla_force_host_platform_device_count=2 {FLAG}"}
+  assert xla_cpu.sampler_compiler_options("cpu", ours, xla_cpu.MEASURED_ON) == want
+  name = FLAG.split("=")[0]
+  for backend, env, version in (
+      ("gpu", ours, xla_cpu.MEASURED_ON), ("tpu", ours, xla_cpu.MEASURED_ON),
+      ("cpu", ours, (0, 9)),  # another jaxlib: its XLA may not know the enum names
+      ("cpu", dict(ours, JAXDIFF_XLA_CPU_DEFAULTS="0"), xla_cpu.MEASURED_ON),
+      ("cpu", {}, xla_cpu.MEASURED_ON),  # apply() not called: the process keeps jaxlib's defaults
+      ("cpu", {"XLA_FLAGS": f"{name}=+individual_convolution"}, xla_cpu.MEASURED_ON),  # the user's
+      ("cpu", {"XLA_FLAGS": f"{FLAG} {name}=+eltwise"}, xla_cpu.MEASURED_ON)):
+    assert xla_cpu.sampler_compiler_options(backend, env, version) == {}, (backend, env, version)
+
+
+def test_sampler_options_compile_into_ynnpack_elementwise_fusions_with_the_same_values():
+  """The enum names are XLA's (a wrong one fails every sampler compile): the option turns
+  GroupNorm-SiLU's elementwise passes into YNNPACK fusions, and the values stay within float32
+  round-off of the process-wide setting's program."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import pytest
+  from jaxdiff.nets import layers
+  env = {"XLA_FLAGS": FLAG}  # as the commands run (this test process keeps jaxlib's defaults)
+  opts = xla_cpu.sampler_compiler_options(jax.default_backend(), env)
+  if not opts:
+    pytest.skip("not a CPU with the jaxlib the options were measured on (0.10)")
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((4, 32, 32, 16)) + 0.5, jnp.float32)  # YNNPACK takes sizable ops
+  w, b = jnp.asarray(rng.standard_normal(16), jnp.float32), jnp.zeros((16,), jnp.float32)
+  f = lambda x: layers.group_norm_silu(x, w, b, None, None, 4, 1e-5)  # noqa: E731
+  # Both at the commands' optimisation level (the test session compiles at level 0).
+  plain = jax.jit(f, compiler_options=OPTIMIZED_COMPILE).lower(x).compile()
+  sampler = jax.jit(f, compiler_options={**OPTIMIZED_COMPILE, **opts}).lower(x).compile()
+  assert sampler.as_text().count("__ynn_fusion") > plain.as_text().count("__ynn_fusion")
+  np.testing.assert_allclose(sampler(x), plain(x), rtol=1e-6, atol=1e-6)
