@@ -113,27 +113,12 @@ def manager(workdir: str, keep: int = 2, async_save: bool = True) -> ocp.Checkpo
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CKPT_DIR)), options=options)
 
 
-def _sum_abs(tree):
-  import jax
-  import jax.numpy as jnp
-  leaves = [jnp.sum(jnp.abs(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(x.dtype, jnp.floating)]
-  return sum(leaves) if leaves else jnp.float32(0)
-
-
-def checksum(state) -> list[float]:
-  """Sums of |x| over params / EMA / optimizer state: recorded with each save and checked on
-  restore, so a checkpoint whose bytes changed after writing is never trained on. One compiled
-  program: on a sharded state that is one set of collectives, not one per array."""
-  import jax
-  return [float(v) for v in jax.device_get(_checksum_jit()(state.params, state.ema,
-                                                            state.opt_state))]
-
-
-@__import__("functools").lru_cache(maxsize=1)
-def _checksum_jit():
-  import jax
-  return jax.jit(lambda p, e, o: [_sum_abs(p), _sum_abs(e), _sum_abs(o)])
+def checksum(trees: dict) -> list[float]:
+  """Σ|x| of each {field: tree} (pack's stored form; see packing.abs_sum): recorded with each
+  save and checked on restore, so a checkpoint whose bytes changed after writing is never trained
+  on."""
+  from jaxdiff.train import packing
+  return _packed_checksum({name: packing.pack(tree) for name, tree in trees.items()}, trees)
 
 
 # meta["layout"] of checkpoints whose fields are stored by train.packing (small arrays as one
@@ -255,7 +240,7 @@ def _restore_one(mngr, abstract_state, step):
   if isinstance(state, dict):  # saved without aux (see _on_disk)
     state = abstract_state.replace(**state)
   if "checksum" in meta:
-    _check(checksum(state), meta["checksum"])
+    _check(checksum({name: getattr(state, name) for name in _CHECKSUMMED}), meta["checksum"])
   return state, meta
 
 
@@ -266,7 +251,6 @@ _WEIGHTS = ("params", "ema")
 def _restore_weights_one(mngr, abstract_params, step):
   """Only state.params and state.ema of checkpoint `step` (orbax partial restore): the optimizer
   state and extra EMAs are never read. Both are read so both recorded checksums are checked."""
-  import jax
   meta = _read_meta(mngr, step)
   if meta.get("layout") == PACKED:
     weights = _restore_packed(mngr, step, {name: abstract_params for name in _WEIGHTS},
@@ -276,15 +260,10 @@ def _restore_weights_one(mngr, abstract_params, step):
   weights = mngr.restore(step, args=ocp.args.Composite(state=_per_leaf_restore(
       {name: target for name in _WEIGHTS}, partial=True)))["state"]
   if "checksum" in meta:
-    got = [float(v) for v in jax.device_get(_weights_sum_jit()(weights))]
-    _check(got, list(_recorded(meta, _WEIGHTS).values()))
+    # By name: orbax hands the dict back in its own key order.
+    _check(checksum({name: weights[name] for name in _WEIGHTS}),
+           list(_recorded(meta, _WEIGHTS).values()))
   return weights, meta
-
-
-@__import__("functools").lru_cache(maxsize=1)
-def _weights_sum_jit():
-  import jax
-  return jax.jit(lambda w: [_sum_abs(w[name]) for name in _WEIGHTS])
 
 
 def restore_weights(workdir_or_manager, abstract_params, which: str = "ema",
