@@ -59,6 +59,7 @@ def get_config():
   c.sampler.s_min = 0.0
   c.sampler.s_max = float("inf")
   c.sampler.s_noise = 1.0
+  c.sampler.cpu_eltwise_fusions = False  # CPU: YNNPACK eltwise fusions (15 % slower on AVX2)
 
   c.training = ml_collections.ConfigDict()
   c.training.steps = 390_625       # 200 M images at batch 512
@@ -73,6 +74,8 @@ def get_config():
   c.training.sample_every = 10_000
   c.training.sample_grid = 64
   c.training.seed = 0
+  c.training.cpu_eltwise_fusions = False  # the same in the train step: 6-12 % faster on one Xeon,
+                                          # 3 % slower on AVX2 (docs/bench.md)
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.beta1 = 0.9

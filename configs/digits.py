@@ -48,6 +48,7 @@ def get_config():
   c.sampler.s_max = float("inf")
   c.sampler.s_noise = 1.0
   c.sampler.guidance = 1.0         # classifier-free guidance weight (1 = none; needs label_dropout)
+  c.sampler.cpu_eltwise_fusions = True  # CPU: YNNPACK eltwise fusions in sampling (3-20 % faster)
 
   c.training = ml_collections.ConfigDict()
   # 1,200 steps (76.8k images) keep the README's train + sample 1,000 under 300 s on a 2-core CPU:
@@ -67,6 +68,7 @@ def get_config():
   c.training.seed = 0
   c.training.grad_accum = 1        # micro-batches per step
   c.training.fsdp = False          # shard params / optimizer state over devices (else replicate)
+  c.training.cpu_eltwise_fusions = False  # the same in the train step (5 % slower here)
   c.training.distributed = "auto"  # jax.distributed.initialize(): True / False / "auto" (env vars)
 
   c.optimizer = ml_collections.ConfigDict()

@@ -46,7 +46,7 @@ def _guide_denoiser(graphdef, params, precond, conditional: bool):
 @functools.lru_cache(maxsize=16)
 def make_autoguided_sample_fn(graphdef, precond, guide_graphdef, guide_precond, label_dim: int,
                               shape: tuple, sampler_items: tuple, w: float,
-                              guide_conditional: bool = True):
+                              guide_conditional: bool = True, eltwise: bool = False):
   """Compiled (params, guide_params, keys[B], labels[B]) -> images in [-1, 1]: model.make_sample_fn's
   latents and noise (so w = 1 draws the main model's samples), the denoiser autoguided."""
   kwargs = dict(sampler_items)
@@ -61,7 +61,7 @@ def make_autoguided_sample_fn(graphdef, precond, guide_graphdef, guide_precond, 
     guided = lambda x, sigma: denoise(x, sigma, class_labels=class_labels)  # noqa: E731
     return sampling.sample(guided, latents, key=noise_keys, round_sigma=precond.round_sigma,
                            **kwargs)
-  return jit_sampler(fn)
+  return jit_sampler(fn, eltwise)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
@@ -85,7 +85,8 @@ class GuidedModel(Model):
     fn = make_autoguided_sample_fn(self.graphdef, self.precond, self.guide.graphdef,
                                    self.guide.precond, self.label_dim, self.shape,
                                    tuple(sorted(kwargs.items())), float(guidance),
-                                   bool(self.guide.label_dim))
+                                   bool(self.guide.label_dim),
+                                   self.exp.sampling.cpu_eltwise_fusions)
     return functools.partial(fn, self.params, self.guide.params)
 
   def denoise(self, x, sigma, labels=None, guidance: float | None = None):

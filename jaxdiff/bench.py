@@ -68,7 +68,8 @@ def bench(exp, steps: int = 10, sample_batch: int | None = None) -> dict:
   sample_batch = int(sample_batch or batch)
   kwargs = exp.sampling.kwargs()
   fn = make_sample_fn(graphdef, exp.precond, label_dim, exp.data.shape,
-                      tuple(sorted(kwargs.items())), exp.sampling.guidance)
+                      tuple(sorted(kwargs.items())), exp.sampling.guidance,
+                      exp.sampling.cpu_eltwise_fusions)
   keys = sample_keys(0, 0, sample_batch)
   labels = jnp.arange(sample_batch, dtype=jnp.int32) % max(label_dim, 1)
   t0 = time.perf_counter()

@@ -120,7 +120,8 @@ def training_spec(cfg) -> specs.TrainingSpec:
       checkpoint_every=int(t.checkpoint_every), keep_checkpoints=int(t.get("keep_checkpoints", 2)),
       log_every=int(t.log_every), sample_every=int(t.sample_every or 0),
       sample_grid=int(t.get("sample_grid", 100)), grad_accum=int(t.get("grad_accum", 1)),
-      fsdp=bool(t.get("fsdp", False)), distributed=t.get("distributed", "auto"))
+      fsdp=bool(t.get("fsdp", False)), distributed=t.get("distributed", "auto"),
+      cpu_eltwise_fusions=bool(t.get("cpu_eltwise_fusions", False)))
 
 
 def sampling_spec(cfg, precond=None) -> specs.SamplingSpec:
@@ -132,7 +133,8 @@ def sampling_spec(cfg, precond=None) -> specs.SamplingSpec:
       sigma_min=max(float(s.sigma_min), float(p.sigma_min)),
       sigma_max=min(float(s.sigma_max), float(p.sigma_max)), rho=float(s.rho),
       s_churn=float(s.s_churn), s_min=float(s.s_min), s_max=float(s.s_max),
-      s_noise=float(s.s_noise), guidance=float(s.get("guidance", 1.0)))
+      s_noise=float(s.s_noise), guidance=float(s.get("guidance", 1.0)),
+      cpu_eltwise_fusions=bool(s.get("cpu_eltwise_fusions", False)))
 
 
 def experiment(cfg) -> specs.Experiment:

@@ -43,7 +43,8 @@ def _guided(graphdef, precond, d_graphdef, d_loss, label_dim, guidance, w, sigma
 
 @functools.lru_cache(maxsize=16)
 def make_dg_sample_fn(graphdef, precond, d_graphdef, d_loss, label_dim: int, shape: tuple,
-                      sampler_items: tuple, guidance: float, w: float, sigma_range: tuple):
+                      sampler_items: tuple, guidance: float, w: float, sigma_range: tuple,
+                      eltwise: bool = False):
   """Compiled (params, d_params, keys[B], labels[B]) -> images in [-1, 1]."""
   kwargs = dict(sampler_items)
 
@@ -55,7 +56,7 @@ def make_dg_sample_fn(graphdef, precond, d_graphdef, d_loss, label_dim: int, sha
                      params, d_params, class_labels)
     return sampling.sample(guided, latents, key=noise_keys, round_sigma=precond.round_sigma,
                            **kwargs)
-  return jit_sampler(fn)
+  return jit_sampler(fn, eltwise)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6, 7))
@@ -84,7 +85,8 @@ class DGModel(Model):
   def _sample_fn(self, kwargs: dict, guidance: float):
     fn = make_dg_sample_fn(self.graphdef, self.precond, self.disc.graphdef, self.d_loss,
                            self.label_dim, self.shape, tuple(sorted(kwargs.items())),
-                           float(guidance), self.w, self.sigma_range)
+                           float(guidance), self.w, self.sigma_range,
+                           self.exp.sampling.cpu_eltwise_fusions)
     return functools.partial(fn, self.params, self.disc.params)
 
   def denoise(self, x, sigma, labels=None, guidance: float | None = None):

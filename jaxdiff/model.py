@@ -23,12 +23,13 @@ def sample_keys(seed: int, start: int, count: int) -> jax.Array:
 
 @functools.lru_cache(maxsize=16)
 def make_sample_fn(graphdef, precond, label_dim: int, shape: tuple, sampler_items: tuple,
-                   guidance: float = 1.0):
+                   guidance: float = 1.0, eltwise: bool = False):
   """Compiled (params, keys[B], labels[B]) -> images in [-1, 1]; one compile per (settings, shape).
 
   guidance w != 1 (class-conditional models): classifier-free guidance,
   D = D(x; σ, ∅) + w·(D(x; σ, c) − D(x; σ, ∅)), with ∅ the all-zero one-hot that label dropout
-  trains on; both evaluations run as one doubled batch.
+  trains on; both evaluations run as one doubled batch. eltwise: sampler.cpu_eltwise_fusions
+  (`jit_sampler`).
   """
   kwargs = dict(sampler_items)
 
@@ -43,13 +44,14 @@ def make_sample_fn(graphdef, precond, label_dim: int, shape: tuple, sampler_item
     # The grid is rounded to σ the network supports (iDDPM's table), as the reference sampler does.
     return sampling.sample(guided, latents, key=noise_keys, round_sigma=precond.round_sigma,
                            **kwargs)
-  return jit_sampler(fn)
+  return jit_sampler(fn, eltwise)
 
 
-def jit_sampler(fn):
-  """jax.jit for a sampler program, with the CPU compile options of xla_cpu.sampler_compiler_options
-  (none on other backends)."""
-  return jax.jit(fn, compiler_options=xla_cpu.sampler_compiler_options(jax.default_backend()))
+def jit_sampler(fn, eltwise: bool = False):
+  """jax.jit for a sampler program; with `eltwise` (the config's sampler.cpu_eltwise_fusions), the
+  CPU compile options of xla_cpu.eltwise_compiler_options (none on other backends)."""
+  options = xla_cpu.eltwise_compiler_options(jax.default_backend()) if eltwise else {}
+  return jax.jit(fn, compiler_options=options)
 
 
 def sampler_sigmas(exp, solver: str, num_steps: int, sigmas=None):
@@ -164,7 +166,8 @@ class Model:
   def _sample_fn(self, kwargs: dict, guidance: float):
     """The compiled sampler as (keys, labels) -> images (a guided model overrides it)."""
     fn = make_sample_fn(self.graphdef, self.precond, self.label_dim, self.shape,
-                        tuple(sorted(kwargs.items())), guidance)
+                        tuple(sorted(kwargs.items())), guidance,
+                        self.exp.sampling.cpu_eltwise_fusions)
     return functools.partial(fn, self.params)
 
   def with_guide(self, guide: "Model"):

@@ -69,6 +69,9 @@ class TrainingSpec:
   grad_accum: int = 1
   fsdp: bool = False
   distributed: Any = "auto"
+  # Compile the train step with YNNPACK's elementwise fusions on CPU (xla_cpu.eltwise_compiler_options;
+  # nothing on other backends): faster for DDPM++, slower for the digits U-Net (docs/bench.md).
+  cpu_eltwise_fusions: bool = False
 
   @property
   def num_emas(self) -> int:
@@ -88,6 +91,9 @@ class SamplingSpec:
   s_max: float
   s_noise: float
   guidance: float = 1.0
+  # Compile sampler programs with YNNPACK's elementwise fusions on CPU (xla_cpu; nothing on other
+  # backends): faster for the digits U-Net, slower for DDPM++ on AVX2 (docs/bench.md).
+  cpu_eltwise_fusions: bool = False
 
   def kwargs(self, solver: str | None = None, num_steps: int | None = None) -> dict:
     """Keyword arguments of `sampling.sample` (guidance apart), with optional overrides."""

@@ -8,11 +8,13 @@ version it was measured on. Opt out with JAXDIFF_XLA_CPU_DEFAULTS=0; a flag alre
 XLA_FLAGS is left as the user set it. Library users (notebooks) can call `apply()` themselves
 before their first JAX computation.
 
-Sampler programs (forward passes only) are compiled with YNNPACK's elementwise fusions as well,
-through per-program compiler options (`sampler_compiler_options`), not XLA_FLAGS: on the digits
-U-Net's forward pass they were 20 % faster with bitwise-equal outputs, while its train step was
-5 % slower with them and DDPM++'s forward within 2 % (docs/bench.md), so train steps keep the
-process-wide setting.
+Programs can also be compiled with YNNPACK's elementwise fusions, through per-program compiler
+options (`eltwise_compiler_options`), not XLA_FLAGS, where the config asks:
+`sampler.cpu_eltwise_fusions` for sampler programs, `training.cpu_eltwise_fusions` for the train
+step. Whether they help depends on the network and the CPU (docs/bench.md): the digits U-Net's
+sampler was 20 % faster on an Intel Xeon and 3 % on an AVX2 AMD EPYC, its train step 5 % slower;
+DDPM++'s train step 6-12 % faster on the Xeon but 3 % slower on the EPYC, its sampler 2 % and 15 %
+slower. So configs/digits.py turns them on for sampling only.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
 MEASURED_ON = (0, 10)  # jaxlib major.minor whose XLA knows these flags
 # The YNNPACK fusion types of the setting above (jaxlib 0.10's default list less individual
 # convolutions), plus elementwise fusions, as XLA's enum names: compiler options replace the list.
-SAMPLER_YNN_TYPES = ("LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT", "LIBRARY_FUSION_TYPE_REDUCE",
+ELTWISE_YNN_TYPES = ("LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT", "LIBRARY_FUSION_TYPE_REDUCE",
                      "LIBRARY_FUSION_TYPE_ELTWISE")
 
 
@@ -51,9 +53,10 @@ def apply(environ=None, jaxlib_version: tuple[int, int] | None = None) -> list[s
   return added
 
 
-def sampler_compiler_options(backend: str, environ=None,
+def eltwise_compiler_options(backend: str, environ=None,
                              jaxlib_version: tuple[int, int] | None = None) -> dict:
-  """jax.jit compiler_options for a sampler program on `backend` (jax.default_backend()).
+  """jax.jit compiler_options adding YNNPACK's elementwise fusions to a program on `backend`
+  (jax.default_backend()): every sampler program, and the train steps of configs that ask.
 
   Empty unless the backend is the CPU and the process runs with FLAGS as `apply` set them (not
   opted out, the measured jaxlib, no YNNPACK setting of the user's own in XLA_FLAGS)."""
@@ -66,4 +69,4 @@ def sampler_compiler_options(backend: str, environ=None,
               if f.startswith("--xla_cpu_experimental_ynn_fusion_type")]
   if settings != [FLAGS[0]]:
     return {}
-  return {"xla_cpu_experimental_ynn_fusion_type": ",".join(SAMPLER_YNN_TYPES)}
+  return {"xla_cpu_experimental_ynn_fusion_type": ",".join(ELTWISE_YNN_TYPES)}

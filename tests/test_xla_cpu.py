@@ -29,9 +29,9 @@ def test_keeps_the_users_value_opt_out_and_other_jaxlib_versions():
 
 
 def test_sampler_options_only_on_cpu_with_the_commands_setting():
-  want = {"xla_cpu_experimental_ynn_fusion_type": ",".join(xla_cpu.SAMPLER_YNN_TYPES)}
+  want = {"xla_cpu_experimental_ynn_fusion_type": ",".join(xla_cpu.ELTWISE_YNN_TYPES)}
   ours = {"XLA_FLAGS": f"--xla_force_host_platform_device_count=2 {FLAG}"}
-  assert xla_cpu.sampler_compiler_options("cpu", ours, xla_cpu.MEASURED_ON) == want
+  assert xla_cpu.eltwise_compiler_options("cpu", ours, xla_cpu.MEASURED_ON) == want
   name = FLAG.split("=")[0]
   for backend, env, version in (
       ("gpu", ours, xla_cpu.MEASURED_ON), ("tpu", ours, xla_cpu.MEASURED_ON),
@@ -40,7 +40,7 @@ def test_sampler_options_only_on_cpu_with_the_commands_setting():
       ("cpu", {}, xla_cpu.MEASURED_ON),  # apply() not called: the process keeps jaxlib's defaults
       ("cpu", {"XLA_FLAGS": f"{name}=+individual_convolution"}, xla_cpu.MEASURED_ON),  # the user's
       ("cpu", {"XLA_FLAGS": f"{FLAG} {name}=+eltwise"}, xla_cpu.MEASURED_ON)):
-    assert xla_cpu.sampler_compiler_options(backend, env, version) == {}, (backend, env, version)
+    assert xla_cpu.eltwise_compiler_options(backend, env, version) == {}, (backend, env, version)
 
 
 def test_sampler_options_compile_into_ynnpack_elementwise_fusions_with_the_same_values():
@@ -53,7 +53,7 @@ def test_sampler_options_compile_into_ynnpack_elementwise_fusions_with_the_same_
   import pytest
   from jaxdiff.nets import layers
   env = {"XLA_FLAGS": FLAG}  # as the commands run (this test process keeps jaxlib's defaults)
-  opts = xla_cpu.sampler_compiler_options(jax.default_backend(), env)
+  opts = xla_cpu.eltwise_compiler_options(jax.default_backend(), env)
   if not opts:
     pytest.skip("not a CPU with the jaxlib the options were measured on (0.10)")
   rng = np.random.default_rng(0)
@@ -65,3 +65,46 @@ def test_sampler_options_compile_into_ynnpack_elementwise_fusions_with_the_same_
   sampler = jax.jit(f, compiler_options={**OPTIMIZED_COMPILE, **opts}).lower(x).compile()
   assert sampler.as_text().count("__ynn_fusion") > plain.as_text().count("__ynn_fusion")
   np.testing.assert_allclose(sampler(x), plain(x), rtol=1e-6, atol=1e-6)
+
+
+def test_config_switches_put_the_options_in_train_and_sampler_programs(monkeypatch):
+  """training.cpu_eltwise_fusions / sampler.cpu_eltwise_fusions reach the programs compiled from
+  the config (more YNNPACK fusions than with the switch off), and default to off for configs
+  without the keys (workdirs written before them)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import pytest
+  from conftest import DIGITS, TINY
+  from jaxdiff import build, families
+  from jaxdiff.config import load_config
+  from jaxdiff.model import make_sample_fn, sample_keys
+  monkeypatch.setenv("XLA_FLAGS", FLAG)  # read per program; the backend keeps this session's flags
+  if not xla_cpu.eltwise_compiler_options(jax.default_backend()):
+    pytest.skip("not a CPU with the jaxlib the options were measured on (0.10)")
+  counts = {}
+  for on in (False, True):
+    exp = build.experiment(load_config(DIGITS, TINY + [
+        f"--config.training.cpu_eltwise_fusions={on}", f"--config.sampler.cpu_eltwise_fusions={on}"]))
+    assert exp.training.cpu_eltwise_fusions is on and exp.sampling.cpu_eltwise_fusions is on
+    graphdef, params = families.make_network(exp, seed=0)
+    optimizer = families.make_optimizer(exp)
+    state = families.train_state(exp, params, optimizer, seed=0)
+    batch = {"image": np.zeros((16, 8, 8, 1), np.float32), "label": np.zeros(16, np.int32)}
+    step = families.compile_step(exp, families.step_config(exp, graphdef, optimizer),
+                                 compiler_options=OPTIMIZED_COMPILE)
+    train_text = step.lower(state, batch).compile().as_text()
+    make_sample_fn.cache_clear()
+    sample = make_sample_fn(graphdef, exp.precond, exp.label_dim, exp.data.shape,
+                            tuple(sorted(exp.sampling.kwargs().items())), 1.0,
+                            exp.sampling.cpu_eltwise_fusions)
+    sample_text = sample.lower(params, sample_keys(0, 0, 4),
+                               jnp.zeros(4, jnp.int32)).compile().as_text()
+    counts[on] = (train_text.count("__ynn_fusion"), sample_text.count("__ynn_fusion"))
+  make_sample_fn.cache_clear()
+  assert counts[True][0] > counts[False][0] and counts[True][1] > counts[False][1], counts
+  cfg = load_config(DIGITS)
+  with cfg.unlocked():
+    del cfg.training["cpu_eltwise_fusions"], cfg.sampler["cpu_eltwise_fusions"]
+  old = build.experiment(cfg)
+  assert not old.training.cpu_eltwise_fusions and not old.sampling.cpu_eltwise_fusions

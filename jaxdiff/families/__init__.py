@@ -193,7 +193,12 @@ def check_inputs(exp) -> None:
 
 def compile_step(exp, step_cfg, **jit_kwargs):
   """The step `jaxdiff train` and `jaxdiff bench` run, compiled with `jit_kwargs` (shardings,
-  donation) by the family's hook."""
+  donation) by the family's hook, and with the CPU compile options the config asks for."""
+  if exp.training.cpu_eltwise_fusions:
+    from jaxdiff import xla_cpu
+    jit_kwargs = {**jit_kwargs, "compiler_options": {
+        **jit_kwargs.get("compiler_options", {}),
+        **xla_cpu.eltwise_compiler_options(jax.default_backend())}}
   family = of(exp)
   if family.compile_step is not None:
     return family.compile_step(step_cfg, exp, **jit_kwargs)
